@@ -1,0 +1,33 @@
+"""heartworker: Gunicorn workers for apps whose startup or some requests take minutes.
+
+    gunicorn -k heartworker.SyncWorker --timeout 30 app:app
+    gunicorn -k heartworker.GeventWorker --timeout 30 app:app
+
+    from heartworker import long_section
+    with long_section("load model", cap=3600):
+        model = load_model()
+
+The worker classes are imported lazily, so ``import heartworker`` in an
+application costs nothing and needs neither Gunicorn's workers nor gevent.
+"""
+
+from .section import SectionCapExceeded, long_section
+from .settings import SettingError
+
+__version__ = "0.1.0"
+__all__ = ["long_section", "SectionCapExceeded", "SettingError", "SyncWorker", "GeventWorker"]
+
+
+def __getattr__(name):
+    if name == "SyncWorker":
+        from .sync import SyncWorker
+        return SyncWorker
+    if name == "GeventWorker":
+        try:
+            import gevent  # noqa: F401
+        except ImportError as exc:
+            raise ImportError("heartworker.GeventWorker needs gevent: "
+                              "pip install 'heartworker[gevent]'") from exc
+        from .ggevent import GeventWorker
+        return GeventWorker
+    raise AttributeError(f"module 'heartworker' has no attribute {name!r}")

@@ -1,0 +1,55 @@
+"""Gunicorn's heartbeat file, read as what it is: a deadline.
+
+The arbiter kills a worker when ``time.monotonic() - mtime > timeout``
+(``Arbiter.murder_workers``; ``WorkerTmp.notify`` writes ``monotonic()`` into
+the mtime).  So writing ``mtime = t`` means "kill me once ``t + timeout`` has
+passed": a worker may vouch for itself *ahead of time*.  Such a vouch needs no
+thread and no GIL to stay valid, which is what lets a section survive C code
+that holds the GIL for minutes.
+
+That reading holds for Gunicorn >= 22.  Older versions (and any future one
+that changes the protocol) are detected by :func:`check_protocol`, and the
+worker then falls back to stock behaviour with a warning.
+"""
+
+import os
+import time
+
+
+class Heartbeat:
+    """Writes the arbiter's view of this worker: the mtime of the heartbeat file."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, tmp):
+        self.fd = tmp.fileno()
+
+    def write(self, when):
+        """Tell the arbiter the worker was last alive at ``when`` (may be in the future)."""
+        os.utime(self.fd, (when, when))
+
+
+def check_protocol(tmp):
+    """Return None if Gunicorn's arbiter reads ``tmp`` as described above, else why not.
+
+    Checked on the real file: ``notify()`` must write ``monotonic()`` into what
+    ``last_update()`` (the arbiter's reading) returns, and a forward value
+    written into the mtime must read back unchanged.  Leaves the file notified.
+    """
+    try:
+        fd = tmp.fileno()
+        notify, last_update = tmp.notify, tmp.last_update
+    except AttributeError as exc:
+        return f"WorkerTmp has changed shape ({exc})"
+    notify()
+    now, seen = time.monotonic(), last_update()
+    if abs(seen - now) > 1.0:
+        return (f"notify() stores {seen:.1f} where heartworker expects "
+                f"time.monotonic() ({now:.1f})")
+    ahead = now + 4321.0
+    os.utime(fd, (ahead, ahead))
+    seen = last_update()
+    notify()
+    if abs(seen - ahead) > 0.01:
+        return "last_update() does not read the file's mtime"
+    return None

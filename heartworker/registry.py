@@ -1,0 +1,288 @@
+"""The open sections of a worker's serving thread, and the rule that vouches for it.
+
+One registry per worker process, shared by the sync and the gevent worker.
+The *serving thread* is the thread that handles requests (the main thread;
+under gevent, the hub's thread, whose greenlets are the section *owners*).
+Sections entered from any other thread are not registered: they vouch for
+nothing, and they are not capped.
+
+Costs: entering and leaving a section is O(log n) for n open sections (a heap
+push; leaving marks the record closed and the heap is compacted when half of
+it is closed), plus at most one ``utime`` syscall.  The guard never scans the
+open sections: it looks at the heap's top and walks the serving thread's stack.
+"""
+
+import heapq
+import math
+from itertools import count
+from time import monotonic
+
+from . import native
+
+INF = math.inf
+MAX_STACK_WALK = 1000  # frames; deeper stacks are treated as "outside sections"
+
+
+def vouch(now, standing, inside, loop_free, alive_at):
+    """The vouching rule: what the heartbeat file must say, or None to leave it to Gunicorn.
+
+    Gunicorn's arbiter kills a worker once ``now - mtime > timeout`` (see
+    ``heartbeat.py``).  heartworker only ever writes that mtime, under this rule:
+
+    * No section open (``standing is None``): None.  Gunicorn's own heartbeat
+      decides, exactly as in stock Gunicorn.
+    * The serving thread is running code inside an open section (``inside``):
+      the *standing vouch*, ``standing``.  It is the latest deadline of the open
+      sections that could be running when no Python thread can run (the
+      serving thread's innermost section in the sync worker; the latest one of
+      all open greenlets' sections under gevent), clipped by the graceful
+      limit.  It was written ahead of time at section entry, so it holds
+      even while C code keeps the GIL; it is never moved later by the guard.
+      At the latest the arbiter kills at ``standing + timeout``.
+    * No section code is running, but the serving loop answered the last
+      probe (``loop_free``, gevent's hub is not blocked): ``max(now, standing)``
+      - keep the standing vouch, so that a waiting section that next takes the
+      GIL for longer than ``--timeout`` is covered without any thread's help.
+    * Otherwise the serving thread is stuck outside every section: stock.  The
+      file says ``alive_at``, the last moment the serving thread was seen
+      alive (a Gunicorn heartbeat, a probe answered, or code seen inside a
+      section), so the arbiter kills at ``alive_at + timeout`` as it would
+      have without heartworker.
+
+    Deadlines themselves (the caps) are not enforced here but by the guard,
+    which aborts or cancels at the deadline; the standing vouch bounds the
+    worker's life even if the guard cannot run.
+    """
+    if standing is None:
+        return None
+    if inside:
+        return standing
+    if loop_free:
+        return max(now, standing)
+    return alive_at
+
+
+class Section:
+    """One open section: a value with a deadline.
+
+    ``deadline`` is absolute (``time.monotonic()``): ``started + cap``, or the
+    enclosing section's deadline if that comes first.  The registry's graceful
+    ``limit`` may bring it nearer still (see :meth:`Registry.deadline_of`).
+    """
+
+    __slots__ = ("registry", "name", "cap", "started", "deadline", "owner",
+                 "frame", "seq", "closed")
+
+    def __init__(self, registry, name, cap, started, deadline, owner, frame, seq):
+        self.registry = registry
+        self.name = name
+        self.cap = cap
+        self.started = started
+        self.deadline = deadline
+        self.owner = owner
+        self.frame = frame
+        self.seq = seq
+        self.closed = False
+
+    def describe(self):
+        if self.name:
+            return repr(self.name)
+        code = self.frame.f_code if self.frame is not None else None
+        if code is None:
+            return "(unnamed)"
+        return f"(unnamed, in {code.co_name} at {code.co_filename}:{code.co_firstlineno})"
+
+
+class Registry:
+    """Open sections of the serving thread, the standing vouch, and the heartbeat writes."""
+
+    def __init__(self, heartbeat, *, serving_tid, default_cap, window, owner=None):
+        self.heartbeat = heartbeat
+        self.tid = serving_tid
+        self.default_cap = default_cap
+        # Any vouch in [deadline - window, deadline] keeps the worker alive to
+        # its deadline and dead by deadline + window: window is the arbiter's timeout.
+        self.window = window
+        self.owner = owner or (lambda: None)
+        self.get_ident = native.native_get_ident()
+        self.lock = native.allocate_lock()
+        self.stacks = {}          # owner -> [Section, ...], innermost last
+        self.entry_frames = {}    # id(frame that entered) -> number of open sections
+        self.heap = []            # (deadline, -seq, Section), closed ones removed lazily
+        self.closed_in_heap = 0
+        self.open = 0
+        self.standing = None      # the standing vouch (see vouch())
+        self.written = None       # what we last wrote; None: Gunicorn's own heartbeat
+        self.limit = INF          # graceful limit on every deadline
+        self.alive_at = monotonic()
+        self.enabled = True
+        self.next_wake = INF      # when the guard will next look; maintained by the guard
+        self.ring = _nothing      # wakes the guard; set by the guard
+        self._seq = count()
+
+    # -- the serving thread ------------------------------------------------
+    def enter(self, name, cap, frame, started=None):
+        """Open a section for the current owner; return it, or None if it is not ours to vouch."""
+        if not self.enabled or self.get_ident() != self.tid:
+            return None
+        now = monotonic()
+        if started is None:
+            started = now
+        cap = self.default_cap if cap is None else cap
+        owner = self.owner()
+        with self.lock:
+            stack = self.stacks.get(owner)
+            deadline = started + cap
+            if stack is None:
+                stack = self.stacks[owner] = []
+            elif stack[-1].deadline < deadline:
+                deadline = stack[-1].deadline
+            section = Section(self, name, cap, started, deadline, owner, frame, next(self._seq))
+            stack.append(section)
+            heapq.heappush(self.heap, (deadline, -section.seq, section))  # ties: innermost first
+            key = id(frame)
+            self.entry_frames[key] = self.entry_frames.get(key, 0) + 1
+            self.open += 1
+            self._restand(deadline)
+        if deadline < self.next_wake:
+            self.ring()
+        return section
+
+    def exit(self, section):
+        """Close ``section`` (normally the innermost of its owner)."""
+        now = monotonic()
+        with self.lock:
+            if section.closed:
+                return
+            section.closed = True
+            stack = self.stacks[section.owner]
+            if stack[-1] is section:
+                stack.pop()
+            else:
+                stack.remove(section)
+            if not stack:
+                del self.stacks[section.owner]
+            key = id(section.frame)
+            left = self.entry_frames[key] - 1
+            if left:
+                self.entry_frames[key] = left
+            else:
+                del self.entry_frames[key]
+            self.open -= 1
+            if not self.open:
+                self.heap.clear()
+                self.closed_in_heap = 0
+                self.standing = None
+                self.alive_at = now
+                if self.written is not None:
+                    self._write(now)       # withdraw the vouch: stock from here on
+                    self.written = None
+            else:
+                self.closed_in_heap += 1
+                if self.closed_in_heap > 64 and 2 * self.closed_in_heap > len(self.heap):
+                    self.heap = [item for item in self.heap if not item[2].closed]
+                    heapq.heapify(self.heap)
+                    self.closed_in_heap = 0
+                if len(self.stacks) == 1:
+                    self._restand(None)
+
+    def beat(self):
+        """Gunicorn's worker just notified: the serving loop is alive now."""
+        now = monotonic()
+        with self.lock:
+            self.alive_at = now
+            if self.standing is None:
+                self.written = None
+            else:
+                # Gunicorn's notify() just overwrote the standing vouch with "now".
+                self._write(max(now, self.standing))
+
+    def set_limit(self, limit):
+        """No deadline may pass ``limit`` (used for the graceful timeout)."""
+        with self.lock:
+            self.limit = min(self.limit, limit)
+            if self.standing is not None and self.standing > self.limit:
+                self.standing = self.limit
+                self._write(self.standing)
+        self.ring()
+
+    def disable(self):
+        """Stop vouching for good: back to Gunicorn's own heartbeat."""
+        with self.lock:
+            self.enabled = False
+            self.standing = None
+            if self.written is not None:
+                self._write(self.alive_at)
+                self.written = None
+
+    # -- the guard -----------------------------------------------------------
+    def deadline_of(self, section):
+        return min(section.deadline, self.limit)
+
+    def earliest(self):
+        """The open section with the earliest deadline, or None.  Call with the lock held."""
+        heap = self.heap
+        while heap and heap[0][2].closed:
+            heapq.heappop(heap)
+            self.closed_in_heap -= 1
+        return heap[0][2] if heap else None
+
+    def pop_earliest(self):
+        """Take the earliest open section out of the deadline heap (it is being dealt with)."""
+        heapq.heappop(self.heap)
+
+    def inside(self, frame):
+        """Is ``frame`` (the serving thread's current frame) running inside an open section?
+
+        True when the entry frame of an open section is on its stack: the
+        code that opened the section has not returned or left the ``with``.
+        """
+        entries = self.entry_frames
+        depth = 0
+        while frame is not None and depth < MAX_STACK_WALK:
+            if id(frame) in entries:
+                return True
+            frame = frame.f_back
+            depth += 1
+        return False
+
+    def inside_section(self, frame, section):
+        """Is ``frame``'s stack running the code of ``section`` right now?"""
+        target = section.frame
+        depth = 0
+        while frame is not None and depth < MAX_STACK_WALK:
+            if frame is target:
+                return True
+            frame = frame.f_back
+            depth += 1
+        return False
+
+    def apply_rule(self, now, inside, loop_free):
+        """Write what :func:`vouch` says, given what the guard just saw."""
+        with self.lock:
+            if inside or loop_free:
+                self.alive_at = now
+            want = vouch(now, self.standing, inside, loop_free, self.alive_at)
+            if want is not None and want != self.written:
+                self._write(want)
+
+    # -- internals (lock held) ---------------------------------------------
+    def _restand(self, entered):
+        """Recompute the standing vouch after a change; write it if the file needs it."""
+        if len(self.stacks) == 1:
+            standing = next(iter(self.stacks.values()))[-1].deadline
+        else:
+            standing = max(self.standing or -INF, entered if entered is not None else -INF)
+        standing = min(standing, self.limit)
+        self.standing = standing
+        written = self.written
+        if written is None or not (standing - self.window <= written <= standing):
+            self._write(standing)
+
+    def _write(self, when):
+        self.heartbeat.write(when)
+        self.written = when
+
+
+def _nothing():
+    pass

@@ -1,0 +1,66 @@
+"""heartworker's settings: read once, at worker boot, and validated there.
+
+Each setting is an environment variable, so plain ``gunicorn`` works: either
+``gunicorn -e HEARTWORKER_SECTION_CAP=600 ...`` (Gunicorn's ``raw_env``, which
+wins) or the process environment.
+
+A bad value is a boot error that names the variable: the worker exits with
+Gunicorn's ``WORKER_BOOT_ERROR`` and the arbiter shuts down, exactly as for an
+application that fails to import.  It is never discovered at the first request.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+
+SECTION_CAP = "HEARTWORKER_SECTION_CAP"
+STARTUP_CAP = "HEARTWORKER_STARTUP_CAP"
+
+DEFAULTS = {
+    SECTION_CAP: 600.0,   # a request's long section: ten minutes
+    STARTUP_CAP: 900.0,   # app loading and boot hooks: fifteen minutes
+}
+
+
+class SettingError(ValueError):
+    """A heartworker setting has a value the worker cannot run with."""
+
+
+def parse_seconds(name, raw):
+    """Return ``raw`` as a finite number of seconds > 0, or raise SettingError naming ``name``."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise SettingError(f"{name}={raw!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise SettingError(f"{name}={raw!r} must be a finite number of seconds > 0")
+    return value
+
+
+def check_cap(cap, what="cap"):
+    """Validate a ``cap`` given in code (``long_section(cap=...)``); None means the default."""
+    if cap is None:
+        return None
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {type(cap).__name__}")
+    if not math.isfinite(cap) or cap <= 0:
+        raise ValueError(f"{what} must be a finite number of seconds > 0, not {cap!r}")
+    return float(cap)
+
+
+@dataclass(frozen=True)
+class Settings:
+    section_cap: float = DEFAULTS[SECTION_CAP]
+    startup_cap: float = DEFAULTS[STARTUP_CAP]
+
+    @classmethod
+    def load(cls, raw_env=None, environ=None):
+        """Read the settings from Gunicorn's ``cfg.env`` (``-e``) over ``environ``."""
+        environ = os.environ if environ is None else environ
+        raw_env = raw_env or {}
+
+        def get(name):
+            raw = raw_env.get(name, environ.get(name))
+            return DEFAULTS[name] if raw is None else parse_seconds(name, raw)
+
+        return cls(section_cap=get(SECTION_CAP), startup_cap=get(STARTUP_CAP))

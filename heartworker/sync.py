@@ -1,0 +1,31 @@
+"""``heartworker.SyncWorker``: Gunicorn's sync worker with long sections."""
+
+from gunicorn.workers import sync
+
+from .worker import HeartWorkerMixin
+
+
+class SyncFlavor:
+    """One serving thread, one stack of sections; a deadline aborts the worker."""
+
+    @staticmethod
+    def owner():
+        return None
+
+    def loop_free(self, now):
+        # The sync worker's loop proves itself alive through notify() only.
+        return False
+
+    def on_deadline(self, guard, section, running, now):
+        guard.abort(guard.deadline_message(section, now), guard.current_frame())
+        return "abort"
+
+    def frame_of(self, section, running):
+        return section.frame
+
+
+class SyncWorker(HeartWorkerMixin, sync.SyncWorker):
+    """``gunicorn -k heartworker.SyncWorker``."""
+
+    def make_flavor(self):
+        return SyncFlavor()

@@ -1,0 +1,134 @@
+"""Start real Gunicorn processes for tests and benchmarks, and always stop them.
+
+Each server listens on a socket bound here to 127.0.0.1:0 and handed to
+Gunicorn as ``fd://N`` (no fixed ports, no race for a free one), runs in its
+own process group (so stopping it also kills orphaned workers), and has its
+own HOME and no control socket (Gunicorn >= 25 would share one otherwise).
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from functools import lru_cache
+
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@lru_cache(maxsize=None)
+def gunicorn_version():
+    out = subprocess.run([sys.executable, "-c", "import gunicorn; print(gunicorn.__version__)"],
+                         capture_output=True, text=True, check=True).stdout
+    return tuple(int(p) for p in re.findall(r"\d+", out)[:2])
+
+
+class Server:
+    def __init__(self, workdir, app="tests.apps.app:app", worker="heartworker.SyncWorker",
+                 timeout=2, workers=1, env=None, args=()):
+        self.workdir = str(workdir)
+        self.app, self.worker, self.timeout = app, worker, timeout
+        self.workers, self.extra_env, self.args = workers, dict(env or {}), list(args)
+        self.proc = None
+        self.log_path = os.path.join(self.workdir, f"gunicorn-{id(self)}.log")
+        self.port = None
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self, ready=True, ready_timeout=30):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        self.port = sock.getsockname()[1]
+        fd = sock.fileno()
+        cmd = [sys.executable, "-m", "gunicorn", "-k", self.worker, "-b", f"fd://{fd}",
+               "--timeout", str(self.timeout), "--workers", str(self.workers),
+               "--graceful-timeout", "2", "--error-logfile", "-", "--log-level", "info",
+               *self.args, self.app]
+        if gunicorn_version() >= (25, 0):
+            cmd.insert(3, "--no-control-socket")
+        env = dict(os.environ, HOME=self.workdir, PYTHONUNBUFFERED="1",
+                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.update(self.extra_env)
+        self._logfile = open(self.log_path, "wb")
+        try:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, pass_fds=[fd],
+                                         stdout=self._logfile, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            sock.close()   # Gunicorn has its own copy; ours would keep accepting after it dies
+        if ready:
+            self.wait_ready(ready_timeout)
+        return self
+
+    def wait_ready(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.get("/pid", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"gunicorn not ready in {timeout} s:\n{self.log()}")
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)   # workers, orphans included
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._logfile.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- talking to it ---------------------------------------------------------
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path, timeout=30):
+        return requests.get(self.url(path), timeout=timeout)
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_for_log(self, pattern, timeout=15):
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.log())
+            if m or time.monotonic() > deadline:
+                return m
+            time.sleep(0.05)
+
+    def worker_pids(self):
+        return [int(p) for p in re.findall(r"Booting worker with pid: (\d+)", self.log())]
+
+
+def pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
