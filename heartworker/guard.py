@@ -103,10 +103,12 @@ class Guard:
                 earliest = reg.earliest()
         for escalate_at, section in self.overdue:
             if not section.closed and escalate_at <= now:
-                self.abort(self.overdue_message(section, now), self.flavor.frame_of(section, False))
+                running = reg.inside_section(frame, section)
+                self.abort(self.overdue_message(section, now),
+                           frame if running else self.flavor.frame_of(section))
                 return
         self.overdue = [(t, s) for t, s in self.overdue if not s.closed]
-        reg.apply_rule(now, reg.inside(frame), self.flavor.loop_free(now))
+        reg.apply_rule(now, reg.inside(frame), self.flavor.loop_seen(now))
         wake = now + self.tick
         if earliest is not None:
             wake = min(wake, reg.deadline_of(earliest))

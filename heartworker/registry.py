@@ -257,12 +257,18 @@ class Registry:
             depth += 1
         return False
 
-    def apply_rule(self, now, inside, loop_free):
-        """Write what :func:`vouch` says, given what the guard just saw."""
+    def apply_rule(self, now, inside, loop_seen):
+        """Write what :func:`vouch` says, given what the guard just saw.
+
+        ``loop_seen`` is when the serving loop last answered a probe, if it
+        answered the latest one (the loop is free), else None.
+        """
         with self.lock:
-            if inside or loop_free:
+            if inside:
                 self.alive_at = now
-            want = vouch(now, self.standing, inside, loop_free, self.alive_at)
+            elif loop_seen is not None:
+                self.alive_at = max(self.alive_at, loop_seen)
+            want = vouch(now, self.standing, inside, loop_seen is not None, self.alive_at)
             if want is not None and want != self.written:
                 self._write(want)
 

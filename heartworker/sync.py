@@ -12,15 +12,15 @@ class SyncFlavor:
     def owner():
         return None
 
-    def loop_free(self, now):
+    def loop_seen(self, now):
         # The sync worker's loop proves itself alive through notify() only.
-        return False
+        return None
 
     def on_deadline(self, guard, section, running, now):
         guard.abort(guard.deadline_message(section, now), guard.current_frame())
         return "abort"
 
-    def frame_of(self, section, running):
+    def frame_of(self, section):
         return section.frame
 
 

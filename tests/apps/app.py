@@ -6,14 +6,13 @@ the query string.  Function names matter: tests look for them in logged stacks.
 """
 
 import os
-import pickle
 import threading
 import time
 from urllib.parse import parse_qs
 
 from heartworker import long_section
 
-from .gil import hold_gil, pickle_payload
+from .gil import hold_gil
 
 
 def hang_at_startup():
@@ -25,8 +24,6 @@ if os.environ.get("APP_STARTUP_SLEEP"):
     time.sleep(float(os.environ["APP_STARTUP_SLEEP"]))
 if os.environ.get("APP_STARTUP_GIL"):
     hold_gil(float(os.environ["APP_STARTUP_GIL"]))
-if os.environ.get("APP_STARTUP_PICKLE"):
-    MODEL = pickle.loads(pickle_payload(float(os.environ["APP_STARTUP_PICKLE"])))
 if os.environ.get("APP_STARTUP_HANG"):
     hang_at_startup()
 
@@ -56,6 +53,19 @@ def background_section():
 def decorated(seconds):
     time.sleep(seconds)
     return b"decorated done"
+
+
+def fanout(n, seconds):
+    """n greenlets, each inside its own section (gevent worker only)."""
+    import gevent
+
+    def one():
+        with long_section("fanout", cap=60):
+            gevent.sleep(seconds)
+
+    start = time.monotonic()
+    gevent.joinall([gevent.spawn(one) for _ in range(n)], raise_error=True)
+    return f"{n} sections in {time.monotonic() - start:.3f} s".encode()
 
 
 def route(path, q):
@@ -99,11 +109,10 @@ def route(path, q):
     elif path == "/error_in_section":
         with long_section("failing", cap=cap):
             raise ValueError("boom inside a section")
+    elif path == "/fanout":
+        return fanout(int(q("n", 100)), s)
     elif path == "/decorated":
         return decorated(s)
-    elif path == "/pickle":
-        with long_section("unpickle", cap=cap):
-            pickle.loads(pickle_payload(s))
     else:
         return None
     return b"done"

@@ -1,0 +1,84 @@
+"""``heartworker.GeventWorker``: Gunicorn's gevent worker with long sections.
+
+Greenlets of the hub's thread own sections.  The guard (a real OS thread,
+see ``guard.py``) keeps working while a greenlet blocks the hub, and it
+knows which greenlet that is: ``sys._current_frames()`` shows the frame of
+the greenlet running right now, and a section counts only while its entry
+frame is on that stack.  Hence:
+
+* a greenlet that hogs the hub outside every section gets the worker killed
+  at ``--timeout`` even while other greenlets wait inside sections;
+* a section whose deadline passes while its greenlet waits (the hub is free)
+  is cancelled alone: :class:`~heartworker.SectionCapExceeded` is thrown into
+  that greenlet, and every other connection keeps being served;
+* a section whose deadline passes while its greenlet blocks the hub gets the
+  worker aborted, as in the sync worker.
+
+The guard never calls ``GeventWorker.notify()`` (it may ``sys.exit``); it
+learns whether the hub is free by posting a callback to the hub's loop
+(``run_callback_threadsafe``) and seeing whether it ran.
+"""
+
+from time import monotonic
+
+import gevent
+from greenlet import getcurrent
+from gunicorn.workers import ggevent
+
+from .section import SectionCapExceeded
+from .stacks import format_stack
+from .worker import HeartWorkerMixin
+
+
+class GeventFlavor:
+    """Owners are greenlets; the hub is probed; a waiting section is cancelled alone."""
+
+    owner = staticmethod(getcurrent)
+
+    def __init__(self, hub):
+        self.loop = hub.loop
+        self.probe_sent = self.probe_seen = -float("inf")
+
+    # -- is the hub free? (called from the guard thread) ------------------------
+    def loop_seen(self, now):
+        seen = self.probe_seen
+        if seen < self.probe_sent:
+            return None                     # the last probe is still waiting: hub blocked
+        self.probe_sent = now
+        self.loop.run_callback_threadsafe(self._answer)
+        return seen
+
+    def _answer(self):                      # runs in the hub
+        self.probe_seen = monotonic()
+
+    # -- deadlines -------------------------------------------------------------
+    def on_deadline(self, guard, section, running, now):
+        message = guard.deadline_message(section, now)
+        if running:
+            guard.abort(message + " while its greenlet blocks the hub", guard.current_frame())
+            return "abort"
+        guard.log.critical("%s; cancelling its greenlet with SectionCapExceeded. Its stack "
+                           "(most recent call last):\n%s", message,
+                           format_stack(self.frame_of(section)))
+        increment = getattr(guard.log, "increment", None)
+        if increment is not None:
+            increment("heartworker.cancel", 1)
+        self.loop.run_callback_threadsafe(self._cancel, section, SectionCapExceeded(message))
+        return "cancelled"
+
+    @staticmethod
+    def _cancel(section, exc):              # runs in the hub
+        owner = section.owner
+        if not section.closed and not owner.dead:
+            owner.throw(exc)
+
+    def frame_of(self, section):
+        """Where a waiting section's greenlet is suspended."""
+        return section.owner.gr_frame
+
+
+class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
+    """``gunicorn -k heartworker.GeventWorker``."""
+
+    def make_flavor(self):
+        return GeventFlavor(gevent.get_hub())

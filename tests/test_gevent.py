@@ -1,0 +1,146 @@
+"""heartworker.GeventWorker against real Gunicorn processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.gunicorn_server import ROOT, pid_alive
+from tests.timing import killed, timed_get
+
+pytestmark = pytest.mark.gevent
+TIMEOUT = 2
+MARGIN = 3.0
+
+
+def test_slow_startup_survives(gevent_server):
+    srv = gevent_server(timeout=TIMEOUT, env={"APP_STARTUP_SLEEP": "5"})
+    assert srv.get("/pid").status_code == 200
+    assert "WORKER TIMEOUT" not in srv.log()
+
+
+def test_hung_startup_is_killed_at_its_cap(gevent_server):
+    srv = gevent_server(timeout=TIMEOUT, ready=False,
+                        env={"APP_STARTUP_HANG": "1", "HEARTWORKER_STARTUP_CAP": "2"})
+    assert srv.wait_for_log(r"section 'startup' ran past its cap", timeout=2 + MARGIN + 5), srv.log()
+    assert "hang_at_startup" in srv.log()
+
+
+def test_cpu_bound_section_longer_than_timeout_completes(gevent_server):
+    srv = gevent_server(timeout=TIMEOUT)
+    status, took = timed_get(srv, "/section_busy?s=5&cap=30")
+    assert status == 200 and took >= 5
+    assert "WORKER TIMEOUT" not in srv.log()
+
+
+def test_cpu_hog_outside_sections_is_killed_while_another_greenlet_waits_in_a_section(gevent_server):
+    srv = gevent_server(timeout=TIMEOUT)
+    waiting = threading.Thread(target=timed_get, args=(srv, "/section?s=30&cap=60"))
+    waiting.start()
+    time.sleep(0.5)
+    status, took = timed_get(srv, "/busy?s=30")
+    assert killed(status)
+    assert took < TIMEOUT + MARGIN
+    assert "WORKER TIMEOUT" in srv.log()
+    waiting.join(10)
+
+
+def test_a_waiting_greenlet_past_its_cap_is_cancelled_alone(gevent_server):
+    srv = gevent_server(timeout=TIMEOUT)
+    pid = srv.get("/pid").text
+    statuses = []
+    stop = threading.Event()
+
+    def keep_asking():
+        while not stop.is_set():
+            statuses.append(srv.get("/pid", timeout=5).text)
+            time.sleep(0.05)
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        status, took = timed_get(srv, "/section_hang?cap=2&name=upstream")
+    finally:
+        time.sleep(0.5)
+        stop.set()
+        asker.join(10)
+    assert killed(status) and 2 <= took < 2 + MARGIN
+    assert len(statuses) > 20 and set(statuses) == {pid}, "the worker served on, unharmed"
+    log = srv.log()
+    assert "section 'upstream' ran past its cap" in log and "cancelling its greenlet" in log
+    assert "in stuck_in_section" in log
+    assert srv.get("/section?s=3&cap=10").status_code == 200
+    assert srv.get("/pid").text == pid and "WORKER TIMEOUT" not in srv.log()
+
+
+def test_cap_with_the_hub_blocked_aborts_the_worker_with_the_stack(gevent_server):
+    srv = gevent_server(timeout=TIMEOUT)
+    status, took = timed_get(srv, "/section_busy?s=60&cap=2")
+    assert killed(status) and 2 <= took < 2 + MARGIN
+    assert srv.wait_for_log(r"section 'busy' ran past its cap: [\d.]+ s elapsed, cap 2 s "
+                            r"while its greenlet blocks the hub; aborting worker")
+    assert "in busy_outside" in srv.log()
+    srv.wait_ready()
+
+
+def test_ten_thousand_concurrent_sections(gevent_server):
+    srv = gevent_server(timeout=TIMEOUT, args=["--worker-connections", "20000"])
+    r = srv.get("/fanout?n=10000&s=1", timeout=60)
+    assert r.status_code == 200, r.text
+    assert "WORKER TIMEOUT" not in srv.log()
+
+
+def test_killing_the_arbiter_leaves_no_orphan(gevent_server):
+    srv = gevent_server(timeout=TIMEOUT)
+    pid = srv.worker_pids()[0]
+    t = threading.Thread(target=timed_get, args=(srv, "/section_busy?s=60&cap=120"))
+    t.start()
+    time.sleep(1)
+    srv.proc.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 6
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(pid), srv.log()
+    t.join(10)
+
+
+def test_hup_mid_section_is_bounded_by_graceful_timeout(gevent_server):
+    srv = gevent_server(timeout=TIMEOUT)
+    old = srv.worker_pids()[0]
+    t = threading.Thread(target=timed_get, args=(srv, "/section_busy?s=60&cap=120"))
+    t.start()
+    time.sleep(1)
+    os.kill(srv.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 2 + MARGIN + 2
+    while pid_alive(old) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(old), srv.log()
+    assert "ran past the graceful timeout after SIGTERM" in srv.log()
+    t.join(10)
+
+
+NO_GEVENT = "import sys; sys.modules['gevent'] = None\n"
+
+
+def test_heartworker_imports_without_gevent_and_says_what_is_missing():
+    code = NO_GEVENT + (
+        "import heartworker\n"
+        "with heartworker.long_section('x'):\n    pass\n"
+        "heartworker.SyncWorker\n"
+        "try:\n    heartworker.GeventWorker\n"
+        "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "heartworker.GeventWorker needs gevent: pip install 'heartworker[gevent]'" in out.stdout
+
+
+def test_gunicorn_without_gevent_reports_the_missing_extra(server, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(NO_GEVENT)
+    srv = server(worker="heartworker.GeventWorker", ready=False,
+                 env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert srv.proc.wait(20) != 0
+    assert "pip install 'heartworker[gevent]'" in srv.log()

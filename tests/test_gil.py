@@ -1,0 +1,56 @@
+"""Sections survive C code that holds the GIL (the model-loading case), caps still hold.
+
+The GIL is held by a calibrated ``sum(range(n))`` (see apps/gil.py): while it
+runs no Python thread, heartworker's guard included, can run.
+"""
+
+import re
+
+import pytest
+
+from tests.timing import killed, timed_get
+
+TIMEOUT = 1
+WORKERS = ["heartworker.SyncWorker",
+           pytest.param("heartworker.GeventWorker", marks=pytest.mark.gevent)]
+
+
+@pytest.fixture(params=WORKERS)
+def start(request, server):
+    if "Gevent" in request.param:
+        pytest.importorskip("gevent")
+    return lambda **kw: server(worker=request.param, timeout=TIMEOUT, **kw)
+
+
+def test_gil_held_at_startup_inside_the_startup_section(start):
+    srv = start(env={"APP_STARTUP_GIL": str(3 * TIMEOUT)})
+    assert srv.get("/pid").status_code == 200
+    assert "WORKER TIMEOUT" not in srv.log()
+
+
+def test_gil_held_inside_a_section_survives(start):
+    srv = start()
+    status, took = timed_get(srv, f"/section_gil?s={3 * TIMEOUT}&cap=30")
+    assert status == 200 and took >= 2 * TIMEOUT
+    assert "WORKER TIMEOUT" not in srv.log()
+
+
+def test_gil_held_outside_sections_is_killed_near_timeout(start):
+    srv = start()
+    status, took = timed_get(srv, "/gil?s=20")
+    assert killed(status)
+    assert took < TIMEOUT + 4
+    assert "WORKER TIMEOUT" in srv.log()
+
+
+def test_gil_held_past_the_cap_is_killed_by_cap_plus_timeout_with_the_stack(start):
+    cap = 1.5
+    srv = start()
+    status, took = timed_get(srv, f"/section_gil?s=30&cap={cap}")
+    assert killed(status)
+    assert cap <= took < cap + TIMEOUT + 3
+    log = srv.log()
+    assert "WORKER TIMEOUT" in log
+    # faulthandler's C-level dump, printed although no Python thread could run
+    assert re.search(r'File ".*gil\.py", line \d+ in hold_gil', log), log
+    assert re.search(r'File ".*app\.py", line \d+ in route', log), log
