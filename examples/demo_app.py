@@ -1,4 +1,4 @@
-"""The demo app: a slow startup, a long request, and a hung one.
+"""The demo app: a slow startup, a long request, a hung request, a stuck section.
 
     gunicorn -k heartworker.SyncWorker --timeout 2 examples.demo_app:app
 """
@@ -8,10 +8,12 @@ import time
 
 from heartworker import long_section
 
-STARTUP_SECONDS = float(os.environ.get("DEMO_STARTUP_SECONDS", "5"))
+# Runs inside heartworker's startup section (HEARTWORKER_STARTUP_CAP).
+time.sleep(float(os.environ.get("DEMO_STARTUP_SECONDS", "5")))
 
-# Runs inside heartworker's startup section: a stock worker would be killed here.
-time.sleep(STARTUP_SECONDS)
+
+def call_flaky_upstream():
+    time.sleep(3600)                  # an upstream that never answers
 
 
 def app(environ, start_response):
@@ -19,12 +21,12 @@ def app(environ, start_response):
     if path == "/report":
         with long_section("build report", cap=30):
             time.sleep(6)             # three times --timeout: fine, it is declared
-        body = b"report done\n"
     elif path == "/hang":
         time.sleep(3600)              # outside every section: killed at --timeout
-        body = b"never\n"
-    else:
-        body = f"hello from worker {os.getpid()}\n".encode()
+    elif path == "/stuck":
+        with long_section("call flaky upstream", cap=4):
+            call_flaky_upstream()     # declared, but stuck: killed at its cap
+    body = f"{path} done by worker {os.getpid()}\n".encode()
     start_response("200 OK", [("Content-Type", "text/plain"),
                               ("Content-Length", str(len(body)))])
     return [body]

@@ -81,6 +81,7 @@ class Guard:
     def step(self, now):
         reg = self.registry
         with reg.lock:
+            reg.apply_limit()
             earliest = reg.earliest()
             is_open = reg.open
         if not is_open:

@@ -17,16 +17,25 @@ import time
 
 
 class Heartbeat:
-    """Writes the arbiter's view of this worker: the mtime of the heartbeat file."""
+    """Writes the arbiter's view of this worker: the mtime of the heartbeat file.
+
+    It writes through its own duplicate of the file's descriptor: Gunicorn
+    closes ``worker.tmp`` while the worker exits, and a write through a
+    closed (or reused) descriptor number must never reach another file.
+    """
 
     __slots__ = ("fd",)
 
     def __init__(self, tmp):
-        self.fd = tmp.fileno()
+        self.fd = os.dup(tmp.fileno())
+        os.set_inheritable(self.fd, False)
 
     def write(self, when):
         """Tell the arbiter the worker was last alive at ``when`` (may be in the future)."""
         os.utime(self.fd, (when, when))
+
+    def close(self):
+        os.close(self.fd)
 
 
 def check_protocol(tmp):

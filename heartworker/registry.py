@@ -114,6 +114,7 @@ class Registry:
         self.standing = None      # the standing vouch (see vouch())
         self.written = None       # what we last wrote; None: Gunicorn's own heartbeat
         self.limit = INF          # graceful limit on every deadline
+        self.pending_limit = INF  # set by a signal handler, applied under the lock
         self.alive_at = monotonic()
         self.enabled = True
         self.next_wake = INF      # when the guard will next look; maintained by the guard
@@ -131,6 +132,7 @@ class Registry:
         cap = self.default_cap if cap is None else cap
         owner = self.owner()
         with self.lock:
+            self.apply_limit()
             stack = self.stacks.get(owner)
             deadline = started + cap
             if stack is None:
@@ -152,6 +154,7 @@ class Registry:
         """Close ``section`` (normally the innermost of its owner)."""
         now = monotonic()
         with self.lock:
+            self.apply_limit()
             if section.closed:
                 return
             section.closed = True
@@ -163,6 +166,7 @@ class Registry:
             if not stack:
                 del self.stacks[section.owner]
             key = id(section.frame)
+            section.frame = None      # do not keep the caller's locals alive
             left = self.entry_frames[key] - 1
             if left:
                 self.entry_frames[key] = left
@@ -190,6 +194,7 @@ class Registry:
         """Gunicorn's worker just notified: the serving loop is alive now."""
         now = monotonic()
         with self.lock:
+            self.apply_limit()
             self.alive_at = now
             if self.standing is None:
                 self.written = None
@@ -198,12 +203,18 @@ class Registry:
                 self._write(max(now, self.standing))
 
     def set_limit(self, limit):
-        """No deadline may pass ``limit`` (used for the graceful timeout)."""
-        with self.lock:
-            self.limit = min(self.limit, limit)
-            if self.standing is not None and self.standing > self.limit:
-                self.standing = self.limit
-                self._write(self.standing)
+        """No deadline may pass ``limit`` (the graceful timeout).  Safe in a signal handler.
+
+        The handler may interrupt this very thread while it holds the lock, so
+        the limit is only recorded here; it takes effect at once if the lock is
+        free, else at the next section entry or exit, heartbeat, or guard step.
+        """
+        self.pending_limit = min(self.pending_limit, limit)
+        if self.lock.acquire(False):
+            try:
+                self.apply_limit()
+            finally:
+                self.lock.release()
         self.ring()
 
     def disable(self):
@@ -249,6 +260,8 @@ class Registry:
     def inside_section(self, frame, section):
         """Is ``frame``'s stack running the code of ``section`` right now?"""
         target = section.frame
+        if target is None:
+            return False
         depth = 0
         while frame is not None and depth < MAX_STACK_WALK:
             if frame is target:
@@ -264,6 +277,7 @@ class Registry:
         answered the latest one (the loop is free), else None.
         """
         with self.lock:
+            self.apply_limit()
             if inside:
                 self.alive_at = now
             elif loop_seen is not None:
@@ -271,6 +285,14 @@ class Registry:
             want = vouch(now, self.standing, inside, loop_seen is not None, self.alive_at)
             if want is not None and want != self.written:
                 self._write(want)
+
+    def apply_limit(self):
+        """Apply a limit recorded by :meth:`set_limit`.  Call with the lock held."""
+        if self.pending_limit < self.limit:
+            self.limit = self.pending_limit
+            if self.standing is not None and self.standing > self.limit:
+                self.standing = self.limit
+                self._write(self.limit)
 
     # -- internals (lock held) ---------------------------------------------
     def _restand(self, entered):

@@ -49,7 +49,9 @@ class HeartWorkerMixin:
             # them now, so that a boot that hangs there is killed by the arbiter
             # at startup cap + --timeout instead of never (a fresh heartbeat file
             # has a wall-clock mtime, which the arbiter never finds stale).
-            Heartbeat(self.tmp).write(self.spawned_at + startup_cap)
+            boot = Heartbeat(self.tmp)
+            boot.write(self.spawned_at + startup_cap)
+            boot.close()
 
     def init_process(self):
         try:

@@ -1,0 +1,54 @@
+"""Run a real Gunicorn with heartworker and show what it does (``bash examples/demo.sh``)."""
+
+import os
+import re
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.gunicorn_server import Server  # noqa: E402
+from tests.timing import timed_get  # noqa: E402
+
+APP = "examples.demo_app:app"
+
+
+def outcome(status, took):
+    return f"{status} after {took:.1f} s" if status == 200 else f"KILLED ({status}) after {took:.1f} s"
+
+
+def show(srv, path, expect):
+    status, took = timed_get(srv, path)
+    print(f"  GET {path:<8} -> {outcome(status, took):<32} {expect}")
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="heartworker-demo-")
+    print(f"$ gunicorn -k heartworker.SyncWorker --timeout 2 {APP}   # the app takes 5 s to start")
+    start = time.monotonic()
+    with Server(work, app=APP, worker="heartworker.SyncWorker", timeout=2) as srv:
+        print(f"  booted and serving after {time.monotonic() - start:.1f} s "
+              "(startup runs in heartworker's startup section)")
+        show(srv, "/report", 'inside long_section("build report", cap=30): survives')
+        show(srv, "/hang", "outside every section: killed at --timeout, as in stock")
+        srv.wait_ready()
+        show(srv, "/stuck", 'long_section("call flaky upstream", cap=4): killed at its cap')
+        time.sleep(0.5)
+        log = srv.log()
+    print("\n  The worker's log says which section, how long, the cap, and where it was stuck:")
+    m = re.search(r"^.*\[CRITICAL\] heartworker: section 'call flaky upstream'.*$", log, re.M)
+    if not m:
+        sys.exit("demo failed: no CRITICAL line for the stuck section:\n" + log)
+    stack = log[m.end():].split("\n[")[0].rstrip().splitlines()
+    print("  " + m.group(0))
+    print("\n".join("  " + line for line in stack[-4:]))
+
+    print(f"\n$ gunicorn -k sync --timeout 2 {APP}   # stock Gunicorn, for comparison")
+    with Server(work, app=APP, worker="sync", timeout=2) as srv:
+        show(srv, "/report", "stock: WORKER TIMEOUT, the report is lost")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""Unit tests of the pieces; the behaviour itself is tested against real Gunicorn elsewhere."""
+
+import math
+import os
+import threading
+import time
+
+import pytest
+from gunicorn.config import Config
+from gunicorn.workers.workertmp import WorkerTmp
+
+from heartworker import long_section, native
+from heartworker.heartbeat import Heartbeat, check_protocol
+from heartworker.registry import Registry, vouch
+from heartworker.section import activate
+from heartworker.settings import SECTION_CAP, STARTUP_CAP, SettingError, Settings, parse_seconds
+from heartworker.worker import guard_tick
+
+
+class RecordingHeartbeat:
+    def __init__(self):
+        self.writes = []
+
+    def write(self, when):
+        self.writes.append(when)
+
+
+def make_registry(owner=None, window=2.0, default_cap=60.0):
+    return Registry(RecordingHeartbeat(), serving_tid=native.get_ident(),
+                    default_cap=default_cap, window=window, owner=owner)
+
+
+@pytest.fixture
+def active():
+    registries = []
+
+    def make(**kw):
+        reg = make_registry(**kw)
+        activate(reg)
+        registries.append(reg)
+        return reg
+
+    yield make
+    activate(None)
+
+
+# -- the rule -----------------------------------------------------------------
+@pytest.mark.parametrize("standing,inside,loop_free,expected", [
+    (None, True, True, None),        # no section open: Gunicorn's heartbeat decides
+    (100.0, True, False, 100.0),     # section code running: the standing vouch
+    (100.0, False, True, 100.0),     # loop free: keep the standing vouch
+    (5.0, False, True, 10.0),        # ... but never less than now
+    (100.0, False, False, 7.0),      # stuck outside sections: stock, last seen alive
+])
+def test_vouch_rule(standing, inside, loop_free, expected):
+    assert vouch(10.0, standing, inside, loop_free, 7.0) == expected
+
+
+def test_inside_a_past_deadline_the_guard_never_extends_the_vouch():
+    assert vouch(now=50.0, standing=40.0, inside=True, loop_free=False, alive_at=45.0) == 40.0
+
+
+# -- the registry ----------------------------------------------------------------
+def test_outermost_section_writes_its_deadline_and_exit_withdraws_it():
+    reg = make_registry()
+    before = time.monotonic()
+    s = reg.enter("a", 30.0, None)
+    assert reg.heartbeat.writes == [s.deadline] and s.deadline >= before + 30
+    reg.exit(s)
+    assert len(reg.heartbeat.writes) == 2 and reg.heartbeat.writes[1] <= time.monotonic()
+    assert reg.standing is None and reg.open == 0 and not reg.heap and not reg.entry_frames
+
+
+def test_nested_deadline_is_the_earliest_and_only_a_nearer_one_is_written():
+    reg = make_registry()
+    outer = reg.enter("outer", 30.0, None)
+    inner_long = reg.enter("inner", 300.0, None)
+    assert inner_long.deadline == outer.deadline
+    assert len(reg.heartbeat.writes) == 1, "same deadline: no syscall"
+    reg.exit(inner_long)
+    inner_short = reg.enter("short", 1.0, None)
+    assert inner_short.deadline < outer.deadline
+    assert reg.heartbeat.writes[-1] == inner_short.deadline
+    reg.exit(inner_short)
+    assert reg.heartbeat.writes[-1] == outer.deadline, "the enclosing deadline is restored"
+    reg.exit(outer)
+
+
+def test_concurrent_owners_keep_the_latest_deadline_and_write_rarely():
+    owners = iter(range(10_000))
+    current = [0]
+    reg = make_registry(owner=lambda: current[0], window=2.0)
+    first = reg.enter("g0", 10.0, None)
+    current[0] = next(owners) + 1
+    second = reg.enter("g1", 20.0, None)
+    assert reg.standing == second.deadline
+    n = len(reg.heartbeat.writes)
+    for _ in range(50):            # deadlines within the window: no more writes
+        current[0] = next(owners) + 2
+        reg.exit(reg.enter("same", 20.0, None))
+    assert len(reg.heartbeat.writes) == n
+    reg.exit(second)
+    assert reg.standing == first.deadline, "back to one owner: exact again"
+    reg.exit(first)
+
+
+def test_closed_sections_do_not_accumulate_in_the_heap():
+    current = [0]
+    reg = make_registry(owner=lambda: current[0])
+    anchor = reg.enter("anchor", 600.0, None)
+    for i in range(1, 5000):
+        current[0] = i
+        reg.exit(reg.enter("short-lived", 60.0, None))
+    assert len(reg.heap) < 200
+    current[0] = 0
+    reg.exit(anchor)
+
+
+def test_sections_of_other_threads_are_not_registered():
+    reg = make_registry()
+    result = []
+    t = threading.Thread(target=lambda: result.append(reg.enter("bg", 10.0, None)))
+    t.start()
+    t.join()
+    assert result == [None] and reg.open == 0 and not reg.heartbeat.writes
+
+
+def test_graceful_limit_clips_every_deadline():
+    reg = make_registry()
+    s = reg.enter("a", 300.0, None)
+    limit = time.monotonic() + 2
+    reg.set_limit(limit)
+    assert reg.standing == limit and reg.heartbeat.writes[-1] == limit
+    assert reg.deadline_of(s) == limit
+    reg.exit(s)
+
+
+def test_disable_withdraws_the_vouch_and_stops_registering():
+    reg = make_registry()
+    s = reg.enter("a", 300.0, None)
+    reg.disable()
+    assert reg.heartbeat.writes[-1] == reg.alive_at and reg.standing is None
+    assert reg.enter("b", 10.0, None) is None
+    reg.exit(s)
+
+
+def test_beat_restores_the_standing_vouch_over_gunicorns_notify():
+    reg = make_registry()
+    s = reg.enter("a", 300.0, None)
+    reg.beat()
+    assert reg.heartbeat.writes[-1] == s.deadline
+    reg.exit(s)
+
+
+def test_inside_walks_the_stack_for_an_entry_frame():
+    import sys
+    reg = make_registry()
+    here = sys._getframe()
+    s = reg.enter("a", 30.0, here)
+
+    def deeper():
+        return reg.inside(sys._getframe()), reg.inside_section(sys._getframe(), s)
+
+    assert deeper() == (True, True)
+    reg.exit(s)
+    assert deeper() == (False, False)
+
+
+def test_apply_rule_pulls_back_to_the_last_sign_of_life():
+    reg = make_registry()
+    s = reg.enter("a", 300.0, None)
+    alive = reg.alive_at
+    reg.apply_rule(time.monotonic(), inside=False, loop_seen=None)
+    assert reg.heartbeat.writes[-1] == alive
+    reg.apply_rule(time.monotonic(), inside=True, loop_seen=None)
+    assert reg.heartbeat.writes[-1] == s.deadline
+    reg.exit(s)
+
+
+# -- long_section -----------------------------------------------------------------
+def test_long_section_is_a_noop_outside_a_worker():
+    with long_section("nothing") as s:
+        assert s.name == "nothing"
+
+    @long_section(cap=5)
+    def f(x):
+        return x * 2
+
+    assert f(21) == 42 and f.__name__ == "f"
+
+
+@pytest.mark.parametrize("cap,error", [(0, ValueError), (-1, ValueError), (math.nan, ValueError),
+                                       (math.inf, ValueError), ("10", TypeError), (True, TypeError)])
+def test_bad_caps_fail_where_they_are_written(cap, error):
+    with pytest.raises(error):
+        long_section("x", cap=cap)
+
+
+def test_decorator_rejects_coroutines_and_names_must_be_strings():
+    async def coro():
+        pass
+
+    with pytest.raises(TypeError):
+        long_section()(coro)
+    with pytest.raises(TypeError):
+        long_section(42)
+
+
+def test_long_section_registers_in_the_active_registry(active):
+    reg = active()
+    with long_section("a", cap=5) as a:
+        assert reg.open == 1
+        with pytest.raises(RuntimeError):
+            a.__enter__()
+        with long_section("b"):
+            assert reg.open == 2
+    assert reg.open == 0
+
+
+def test_decorated_function_gets_a_fresh_section_per_call(active):
+    reg = active()
+    seen = []
+
+    @long_section("recursive", cap=5)
+    def r(n):
+        seen.append(reg.open)
+        return r(n - 1) if n else 0
+
+    r(3)
+    assert seen == [1, 2, 3, 4] and reg.open == 0
+
+
+def test_exception_closes_the_section(active):
+    reg = active()
+    with pytest.raises(ValueError):
+        with long_section("boom"):
+            raise ValueError
+    assert reg.open == 0
+
+
+# -- settings -------------------------------------------------------------------------
+def test_settings_defaults_env_and_gunicorn_raw_env():
+    assert Settings.load({}, {}) == Settings()
+    s = Settings.load({SECTION_CAP: "12"}, {SECTION_CAP: "99", STARTUP_CAP: "7.5"})
+    assert (s.section_cap, s.startup_cap) == (12.0, 7.5)
+
+
+@pytest.mark.parametrize("raw", ["", "abc", "0", "-3", "nan", "inf", "-inf", "1e400"])
+def test_invalid_setting_names_the_variable(raw):
+    with pytest.raises(SettingError, match=SECTION_CAP):
+        parse_seconds(SECTION_CAP, raw)
+
+
+def test_guard_tick():
+    assert guard_tick(0) == 1.0 and guard_tick(30) == 1.0
+    assert guard_tick(2) == 0.5 and guard_tick(0.1) == 0.05
+
+
+# -- the heartbeat protocol ----------------------------------------------------------
+def test_gunicorn_heartbeat_protocol_is_recognised():
+    tmp = WorkerTmp(Config())
+    try:
+        assert check_protocol(tmp) is None
+        ahead = time.monotonic() + 100
+        Heartbeat(tmp).write(ahead)
+        assert abs(tmp.last_update() - ahead) < 1e-3
+    finally:
+        tmp.close()
+
+
+class OldWorkerTmp:
+    """Gunicorn <= 21: a spinner in the file mode, read back as the ctime (wall clock)."""
+
+    def __init__(self, path):
+        self._f = open(path, "w+b")
+        self.spinner = 0
+
+    def notify(self):
+        self.spinner = (self.spinner + 1) % 2
+        os.fchmod(self._f.fileno(), self.spinner)
+
+    def last_update(self):
+        return os.fstat(self._f.fileno()).st_ctime
+
+    def fileno(self):
+        return self._f.fileno()
+
+
+def test_an_unknown_heartbeat_protocol_is_detected(tmp_path):
+    tmp = OldWorkerTmp(tmp_path / "hb")
+    assert "time.monotonic()" in check_protocol(tmp)
+    assert "changed shape" in check_protocol(object())
+
+
+def test_graceful_limit_from_a_signal_handler_never_blocks_on_the_lock():
+    reg = make_registry()
+    s = reg.enter("a", 300.0, None)
+    limit = time.monotonic() + 2
+    with reg.lock:                      # as if SIGTERM interrupted enter()/exit()
+        reg.set_limit(limit)            # must not deadlock
+        assert reg.limit > limit
+    reg.beat()                          # the next operation applies it
+    assert reg.limit == limit and reg.standing == limit
+    reg.exit(s)
