@@ -24,7 +24,7 @@ def __getattr__(name):
         return SyncWorker
     if name == "GeventWorker":
         try:
-            import gevent  # noqa: F401
+            import gevent  # noqa: F401  (only to tell what is missing)
         except ImportError as exc:
             raise ImportError("heartworker.GeventWorker needs gevent: "
                               "pip install 'heartworker[gevent]'") from exc

@@ -18,6 +18,18 @@ def server(tmp_path):
         srv.stop()
 
 
+WORKERS = ["heartworker.SyncWorker",
+           pytest.param("heartworker.GeventWorker", marks=pytest.mark.gevent)]
+
+
+@pytest.fixture(params=WORKERS)
+def each_worker(request, server):
+    """Factory like ``server``, once per heartworker worker class."""
+    if "Gevent" in request.param:
+        pytest.importorskip("gevent")
+    return lambda **kw: server(worker=request.param, **kw)
+
+
 @pytest.fixture
 def gevent_server(server):
     pytest.importorskip("gevent")

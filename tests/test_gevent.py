@@ -1,7 +1,6 @@
 """heartworker.GeventWorker against real Gunicorn processes."""
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -9,25 +8,14 @@ import time
 
 import pytest
 
-from tests.gunicorn_server import ROOT, pid_alive
-from tests.timing import killed, timed_get
+from tests.gunicorn_server import ROOT
+from tests.timing import in_background, killed, timed_get
 
 pytestmark = pytest.mark.gevent
 TIMEOUT = 2
 MARGIN = 3.0
 
 
-def test_slow_startup_survives(gevent_server):
-    srv = gevent_server(timeout=TIMEOUT, env={"APP_STARTUP_SLEEP": "5"})
-    assert srv.get("/pid").status_code == 200
-    assert "WORKER TIMEOUT" not in srv.log()
-
-
-def test_hung_startup_is_killed_at_its_cap(gevent_server):
-    srv = gevent_server(timeout=TIMEOUT, ready=False,
-                        env={"APP_STARTUP_HANG": "1", "HEARTWORKER_STARTUP_CAP": "2"})
-    assert srv.wait_for_log(r"section 'startup' ran past its cap", timeout=2 + MARGIN + 5), srv.log()
-    assert "hang_at_startup" in srv.log()
 
 
 def test_cpu_bound_section_longer_than_timeout_completes(gevent_server):
@@ -39,8 +27,7 @@ def test_cpu_bound_section_longer_than_timeout_completes(gevent_server):
 
 def test_cpu_hog_outside_sections_is_killed_while_another_greenlet_waits_in_a_section(gevent_server):
     srv = gevent_server(timeout=TIMEOUT)
-    waiting = threading.Thread(target=timed_get, args=(srv, "/section?s=30&cap=60"))
-    waiting.start()
+    waiting, _ = in_background(srv, "/section?s=30&cap=60")
     time.sleep(0.5)
     status, took = timed_get(srv, "/busy?s=30")
     assert killed(status)
@@ -94,33 +81,6 @@ def test_ten_thousand_concurrent_sections(gevent_server):
     assert "WORKER TIMEOUT" not in srv.log()
 
 
-def test_killing_the_arbiter_leaves_no_orphan(gevent_server):
-    srv = gevent_server(timeout=TIMEOUT)
-    pid = srv.worker_pids()[0]
-    t = threading.Thread(target=timed_get, args=(srv, "/section_busy?s=60&cap=120"))
-    t.start()
-    time.sleep(1)
-    srv.proc.send_signal(signal.SIGKILL)
-    deadline = time.monotonic() + 6
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not pid_alive(pid), srv.log()
-    t.join(10)
-
-
-def test_hup_mid_section_is_bounded_by_graceful_timeout(gevent_server):
-    srv = gevent_server(timeout=TIMEOUT)
-    old = srv.worker_pids()[0]
-    t = threading.Thread(target=timed_get, args=(srv, "/section_busy?s=60&cap=120"))
-    t.start()
-    time.sleep(1)
-    os.kill(srv.proc.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 2 + MARGIN + 2
-    while pid_alive(old) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not pid_alive(old), srv.log()
-    assert "ran past the graceful timeout after SIGTERM" in srv.log()
-    t.join(10)
 
 
 NO_GEVENT = "import sys; sys.modules['gevent'] = None\n"

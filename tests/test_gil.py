@@ -11,15 +11,11 @@ import pytest
 from tests.timing import killed, timed_get
 
 TIMEOUT = 1
-WORKERS = ["heartworker.SyncWorker",
-           pytest.param("heartworker.GeventWorker", marks=pytest.mark.gevent)]
 
 
-@pytest.fixture(params=WORKERS)
-def start(request, server):
-    if "Gevent" in request.param:
-        pytest.importorskip("gevent")
-    return lambda **kw: server(worker=request.param, timeout=TIMEOUT, **kw)
+@pytest.fixture
+def start(each_worker):
+    return lambda **kw: each_worker(timeout=TIMEOUT, **kw)
 
 
 def test_gil_held_at_startup_inside_the_startup_section(start):

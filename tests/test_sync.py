@@ -3,56 +3,29 @@
 Bounds are generous on purpose: timing goals live in benchmarks/.
 """
 
-import os
 import re
-import signal
-import threading
 import time
 
 import pytest
 
-from tests.gunicorn_server import pid_alive
-from tests.timing import killed, timed_get
+from tests.timing import in_background, killed, timed_get
 
 TIMEOUT = 2
 MARGIN = 3.0   # what "near" means in these tests
 
 
-def test_slow_startup_survives_a_short_timeout(server):
-    srv = server(timeout=TIMEOUT, env={"APP_STARTUP_SLEEP": "5"})
-    assert srv.get("/pid").status_code == 200
-    assert "WORKER TIMEOUT" not in srv.log()
-    assert len(srv.worker_pids()) == 1
-
-
-def test_hung_startup_is_killed_at_its_cap_with_the_stack(server):
-    srv = server(timeout=TIMEOUT, ready=False,
-                 env={"APP_STARTUP_HANG": "1", "HEARTWORKER_STARTUP_CAP": "2"})
-    m = srv.wait_for_log(r"section 'startup' ran past its cap: ([\d.]+) s elapsed, cap 2 s",
-                         timeout=2 + MARGIN + 5)
-    assert m, srv.log()
-    assert 2.0 <= float(m.group(1)) < 2 + MARGIN
-    log = srv.log()
-    assert "hang_at_startup" in log, log
-    assert srv.wait_for_log(r"Booting worker with pid: \d+[\s\S]*Booting worker with pid", 10), \
-        "the arbiter respawns the aborted worker"
 
 
 def test_long_request_in_a_section_survives_while_a_hang_outside_is_killed(server):
     srv = server(timeout=TIMEOUT, workers=2)
-    results = {}
-
-    def long_request():
-        results["long"] = timed_get(srv, "/section?s=5&cap=30")
-
-    t = threading.Thread(target=long_request)
-    t.start()
+    t, results = in_background(srv, "/section?s=5&cap=30")
     time.sleep(0.3)
     status, took = timed_get(srv, "/hang")
     t.join()
     assert killed(status)
     assert TIMEOUT - 0.1 <= took < TIMEOUT + MARGIN
-    assert results["long"][0] == 200 and results["long"][1] >= 5
+    long_status, long_took = results["/section?s=5&cap=30"]
+    assert long_status == 200 and long_took >= 5
     assert srv.log().count("WORKER TIMEOUT") == 1
 
 
@@ -129,51 +102,7 @@ def test_timeout_zero_still_enforces_caps(server):
     assert srv.wait_for_log(r"section 'stuck' ran past its cap")
 
 
-def test_hup_mid_section_vouches_only_for_graceful_timeout(server):
-    srv = server(timeout=TIMEOUT)           # --graceful-timeout 2
-    old = srv.worker_pids()[0]
-    result = {}
-    t = threading.Thread(target=lambda: result.setdefault("r", timed_get(srv, "/section?s=60&cap=120")))
-    t.start()
-    time.sleep(1)
-    os.kill(srv.proc.pid, signal.SIGHUP)    # the arbiter SIGTERMs the old worker
-    t.join(30)
-    status, took = result["r"]
-    assert killed(status) and took < 1 + 2 + MARGIN
-    assert srv.wait_for_log(r"section 'request' ran past the graceful timeout after SIGTERM")
-    deadline = time.monotonic() + 5
-    while pid_alive(old) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not pid_alive(old)
-    srv.wait_ready()
 
-
-def test_sigterm_mid_section_stops_the_server(server):
-    srv = server(timeout=TIMEOUT)
-    t = threading.Thread(target=timed_get, args=(srv, "/section?s=60&cap=120"))
-    t.start()
-    time.sleep(1)
-    start = time.monotonic()
-    srv.proc.send_signal(signal.SIGTERM)
-    srv.proc.wait(2 + MARGIN + 2)
-    assert time.monotonic() - start < 2 + MARGIN + 2
-    t.join(10)
-
-
-def test_killing_the_arbiter_mid_section_leaves_no_orphan(server):
-    srv = server(timeout=TIMEOUT)
-    pid = srv.worker_pids()[0]
-    t = threading.Thread(target=timed_get, args=(srv, "/section?s=60&cap=120"))
-    t.start()
-    time.sleep(1)
-    srv.proc.send_signal(signal.SIGKILL)
-    srv.proc.wait(5)
-    deadline = time.monotonic() + 5
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not pid_alive(pid), srv.log()
-    assert "the arbiter" in srv.log() and "is gone" in srv.log()
-    t.join(10)
 
 
 @pytest.mark.parametrize("name,value", [
