@@ -60,9 +60,7 @@ class GeventFlavor:
         guard.log.critical("%s; cancelling its greenlet with SectionCapExceeded. Its stack "
                            "(most recent call last):\n%s", message,
                            format_stack(self.frame_of(section)))
-        increment = getattr(guard.log, "increment", None)
-        if increment is not None:
-            increment("heartworker.cancel", 1)
+        guard.count("heartworker.cancel")
         self.loop.run_callback_threadsafe(self._cancel, section, SectionCapExceeded(message))
         return "cancelled"
 

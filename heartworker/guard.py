@@ -94,11 +94,12 @@ class Guard:
             return
         frame = self.current_frame()
         while earliest is not None and reg.deadline_of(earliest) <= now:
-            running = reg.inside_section(frame, earliest)
-            if self.flavor.on_deadline(self, earliest, running, now) == "abort":
-                return
+            if not earliest.closed:       # it may have ended since we looked
+                running = reg.inside_section(frame, earliest)
+                if self.flavor.on_deadline(self, earliest, running, now) == "abort":
+                    return
             with reg.lock:
-                if not earliest.closed:
+                if not earliest.closed:   # cancelled: it has ABORT_GRACE to leave
                     reg.pop_earliest()
                     self.overdue.append((now + ABORT_GRACE, earliest))
                 earliest = reg.earliest()
@@ -139,21 +140,27 @@ class Guard:
                 f"({now - section.started:.2f} s elapsed, cap {section.cap:g} s) "
                 f"although it was cancelled")
 
+    def count(self, metric):
+        """Count an event in statsd, when Gunicorn's logger is its statsd logger."""
+        increment = getattr(self.log, "increment", None)
+        if increment is not None:
+            increment(metric, 1)
+
     def abort(self, message, frame):
         """Log, then abort the worker the way Gunicorn's arbiter would; never returns normally."""
         self.aborting = True
         self.log.critical("%s; aborting worker (pid %s). Stack of the serving thread "
                           "(most recent call last):\n%s", message, os.getpid(), format_stack(frame))
-        increment = getattr(self.log, "increment", None)
-        if increment is not None:
-            increment("heartworker.abort", 1)
+        self.count("heartworker.abort")
         if self.abort_dump is not None:
             self.abort_dump.disable()   # the stack is logged already
         try:
             signal.pthread_kill(self.registry.tid, signal.SIGABRT)
         except (OSError, ValueError):
             pass
-        self.sleep(ABORT_GRACE)
+        end = monotonic() + ABORT_GRACE
+        while monotonic() < end:        # a ring() must not cut the grace short
+            self.sleep(end - monotonic())
         self.log.critical("heartworker: worker (pid %s) still alive %.1f s after SIGABRT; "
                           "exiting now", os.getpid(), ABORT_GRACE)
         os._exit(1)

@@ -20,7 +20,7 @@ SCRIPTS = {   # script: a column of the table it prints
     "section_cost.py": "vs nullcontext us",
     "kill_latency.py": "killed by",
     "idle_cost.py": "extra RSS MiB",
-    "boot_time.py": "heartworker ms (median)",
+    "boot_time.py": "ratio of medians",
 }
 
 

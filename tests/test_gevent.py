@@ -104,3 +104,13 @@ def test_gunicorn_without_gevent_reports_the_missing_extra(server, tmp_path):
                  env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
     assert srv.proc.wait(20) != 0
     assert "pip install 'heartworker[gevent]'" in srv.log()
+
+
+def test_a_greenlet_that_swallows_its_cancellation_gets_the_worker_aborted(gevent_server):
+    srv = gevent_server(timeout=TIMEOUT)
+    status, took = timed_get(srv, "/section_stubborn?cap=2")
+    assert killed(status) and 3 <= took < 3 + MARGIN
+    log = srv.log()
+    assert "section 'stubborn' ran past its cap" in log and "cancelling its greenlet" in log
+    assert "although it was cancelled; aborting worker" in log
+    srv.wait_ready()

@@ -92,6 +92,12 @@ def route(path, q):
     elif path == "/section_hang":
         with long_section(name or "stuck", cap=cap):
             stuck_in_section()
+    elif path == "/section_stubborn":
+        with long_section(name or "stubborn", cap=cap):
+            try:
+                stuck_in_section()
+            except BaseException:       # swallows the cancellation and carries on
+                stuck_in_section()
     elif path == "/section_then_hang":
         with long_section("before hang", cap=cap):
             time.sleep(s)
