@@ -7,6 +7,7 @@ not measure: on any doubt it calls :func:`fail`, which exits non-zero.
 """
 
 import argparse
+import compileall
 import contextlib
 import datetime
 import os
@@ -24,6 +25,7 @@ if ROOT not in sys.path:
 # (label, stock Gunicorn worker, heartworker worker), compared side by side.
 PAIRS = [("sync", "sync", "heartworker.SyncWorker"),
          ("gevent", "gevent", "heartworker.GeventWorker")]
+WORKERS = [worker for _, stock, heart in PAIRS for worker in (stock, heart)]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -48,6 +50,10 @@ def parse_args(description, configure=None):
 def main(run, description, configure=None):
     """Parse the arguments, print the machine header, run, and exit non-zero on failure."""
     args = parse_args(description, configure)
+    # Byte-compile heartworker as ``pip install`` would: an editable checkout under
+    # PYTHONDONTWRITEBYTECODE would otherwise recompile it at every worker boot,
+    # while Gunicorn's own modules were compiled when they were installed.
+    compileall.compile_dir(os.path.join(ROOT, "heartworker"), quiet=1)
     try:
         print(machine_header(description, args.quick), flush=True)
         run(args)
@@ -181,6 +187,15 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(") ", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK   # fields 14 and 15 of stat(5)
+
+
+def cpu_seconds_precise(pid):
+    """CPU time of a process's live threads in ns resolution (/proc/<pid>/task/*/schedstat)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total / 1e9
 
 
 def rss_kib(pid):

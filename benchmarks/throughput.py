@@ -13,6 +13,7 @@ are reported.
 """
 
 import re
+import subprocess
 
 import common
 
@@ -42,12 +43,13 @@ def wrk(url, connections, seconds):
 
 
 def run(args):
-    common.require_program("wrk", WRK_INSTALL)
+    wrk_path = common.require_program("wrk", WRK_INSTALL)
+    version = subprocess.run([wrk_path, "-v"], capture_output=True, text=True).stdout
+    print(f"# {version.splitlines()[0] if version else 'wrk (version unknown)'}")
     rounds, seconds = (2, 1) if args.quick else (6, 5)
     print(f"# wrk -t1, {seconds} s per run, {rounds} rounds (A B / B A), connections: "
           f"sync {CONNECTIONS['sync']}, gevent {CONNECTIONS['gevent']}; one worker each")
-    specs = [dict(worker=worker, timeout=30, app="benchmarks.app:app")
-             for _, stock, heart in common.PAIRS for worker in (stock, heart)]
+    specs = [dict(worker=worker, timeout=30, app="benchmarks.app:app") for worker in common.WORKERS]
     with common.servers(specs) as started:
         by_worker = {srv.worker: srv for srv in started}
         configs = [(label, name, path, target, stock, heart)

@@ -78,5 +78,24 @@ class GeventFlavor:
 class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
     """``gunicorn -k heartworker.GeventWorker``."""
 
+    main_greenlet = None
+
     def make_flavor(self):
+        self.main_greenlet = getcurrent()   # runs init_process and then the serving loop
         return GeventFlavor(gevent.get_hub())
+
+    def handle_abort(self, sig, frame):
+        """Gunicorn's abort (``worker_abort`` hook, then exit 1), made to end the process.
+
+        The handler runs in whichever greenlet holds the hub, often a request's,
+        where Gunicorn's gevent worker swallows ``SystemExit``; the worker would
+        then shut down gracefully instead of aborting.  So the exit is raised in
+        the main greenlet, from where it ends the process as ``sys.exit`` should.
+        """
+        try:
+            super().handle_abort(sig, frame)
+        except SystemExit as exit_:
+            main = self.main_greenlet
+            if main is not None and main is not getcurrent() and not main.dead:
+                main.throw(exit_)
+            raise

@@ -86,6 +86,8 @@ class Guard:
             is_open = reg.open
         if not is_open:
             self.overdue.clear()
+            if reg.written is not None:     # withdraw what the last section left standing
+                reg.apply_rule(now, False, None)
             reg.next_wake = now + IDLE_TICK
             return
         if os.getppid() != self.ppid:
@@ -149,6 +151,9 @@ class Guard:
     def abort(self, message, frame):
         """Log, then abort the worker the way Gunicorn's arbiter would; never returns normally."""
         self.aborting = True
+        # The serving thread may be busy in Python: without this, every write of the
+        # log below would wait a 5 ms switch interval for the GIL.  The process is ending.
+        sys.setswitchinterval(1e-4)
         self.log.critical("%s; aborting worker (pid %s). Stack of the serving thread "
                           "(most recent call last):\n%s", message, os.getpid(), format_stack(frame))
         self.count("heartworker.abort")

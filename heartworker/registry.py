@@ -14,7 +14,6 @@ open sections: it looks at the heap's top and walks the serving thread's stack.
 
 import heapq
 import math
-from itertools import count
 from time import monotonic
 
 from . import native
@@ -29,8 +28,13 @@ def vouch(now, standing, inside, loop_free, alive_at):
     Gunicorn's arbiter kills a worker once ``now - mtime > timeout`` (see
     ``heartbeat.py``).  heartworker only ever writes that mtime, under this rule:
 
-    * No section open (``standing is None``): None.  Gunicorn's own heartbeat
-      decides, exactly as in stock Gunicorn.
+    * No section open (``standing is None``): Gunicorn's own heartbeat decides,
+      as in stock Gunicorn.  Leaving the last section writes nothing (it costs
+      a syscall on every request); a vouch still standing from it is withdrawn
+      by the next Gunicorn heartbeat or by the guard's next look, back to
+      ``alive_at``, the moment the section ended.  (So only a GIL-holding call
+      that starts within one guard tick after a section is still covered, up
+      to that section's deadline.)
     * The serving thread is running code inside an open section (``inside``):
       the *standing vouch*, ``standing``.  It is the latest deadline of the open
       sections that could be running when no Python thread can run (the
@@ -54,7 +58,7 @@ def vouch(now, standing, inside, loop_free, alive_at):
     worker's life even if the guard cannot run.
     """
     if standing is None:
-        return None
+        return alive_at
     if inside:
         return standing
     if loop_free:
@@ -70,18 +74,16 @@ class Section:
     ``limit`` may bring it nearer still (see :meth:`Registry.deadline_of`).
     """
 
-    __slots__ = ("registry", "name", "cap", "started", "deadline", "owner",
-                 "frame", "seq", "closed")
+    __slots__ = ("registry", "name", "cap", "deadline", "owner", "frame", "started", "closed")
 
-    def __init__(self, registry, name, cap, started, deadline, owner, frame, seq):
+    def __init__(self, registry, name, cap, deadline, owner, frame, started):
         self.registry = registry
         self.name = name
         self.cap = cap
-        self.started = started
         self.deadline = deadline
         self.owner = owner
         self.frame = frame
-        self.seq = seq
+        self.started = started
         self.closed = False
 
     def describe(self):
@@ -103,7 +105,7 @@ class Registry:
         # Any vouch in [deadline - window, deadline] keeps the worker alive to
         # its deadline and dead by deadline + window: window is the arbiter's timeout.
         self.window = window
-        self.owner = owner or (lambda: None)
+        self.owner = owner        # None: one owner, the serving thread itself
         self.get_ident = native.native_get_ident()
         self.lock = native.allocate_lock()
         self.stacks = {}          # owner -> [Section, ...], innermost last
@@ -119,7 +121,7 @@ class Registry:
         self.enabled = True
         self.next_wake = INF      # when the guard will next look; maintained by the guard
         self.ring = _nothing      # wakes the guard; set by the guard
-        self._seq = count()
+        self.seq = 0              # decreasing: the heap breaks deadline ties innermost first
 
     # -- the serving thread ------------------------------------------------
     def enter(self, name, cap, frame, started=None):
@@ -127,34 +129,44 @@ class Registry:
         if not self.enabled or self.get_ident() != self.tid:
             return None
         now = monotonic()
+        if cap is None:
+            cap = self.default_cap
         if started is None:
             started = now
-        cap = self.default_cap if cap is None else cap
-        owner = self.owner()
+        deadline = started + cap
+        owner = self.owner() if self.owner is not None else None
         with self.lock:
-            self.apply_limit()
-            stack = self.stacks.get(owner)
-            deadline = started + cap
+            if self.pending_limit < self.limit:
+                self.apply_limit()
+            stacks = self.stacks
+            stack = stacks.get(owner)
             if stack is None:
-                stack = self.stacks[owner] = []
+                stack = stacks[owner] = []
             elif stack[-1].deadline < deadline:
                 deadline = stack[-1].deadline
-            section = Section(self, name, cap, started, deadline, owner, frame, next(self._seq))
+            section = Section(self, name, cap, deadline, owner, frame, started)
             stack.append(section)
-            heapq.heappush(self.heap, (deadline, -section.seq, section))  # ties: innermost first
+            self.seq -= 1
+            heapq.heappush(self.heap, (deadline, self.seq, section))  # ties: innermost first
             key = id(frame)
-            self.entry_frames[key] = self.entry_frames.get(key, 0) + 1
+            entries = self.entry_frames
+            entries[key] = entries.get(key, 0) + 1
             self.open += 1
-            self._restand(deadline)
+            # The standing vouch: exact with one owner, the latest deadline with several.
+            if len(stacks) == 1:
+                standing = deadline
+            else:
+                standing = deadline if self.standing is None or deadline > self.standing \
+                    else self.standing
+            self._stand(standing)
         if deadline < self.next_wake:
             self.ring()
         return section
 
     def exit(self, section):
-        """Close ``section`` (normally the innermost of its owner)."""
+        """Close ``section`` (normally the innermost of its owner).  Writes nothing."""
         now = monotonic()
         with self.lock:
-            self.apply_limit()
             if section.closed:
                 return
             section.closed = True
@@ -167,28 +179,28 @@ class Registry:
                 del self.stacks[section.owner]
             key = id(section.frame)
             section.frame = None      # do not keep the caller's locals alive
-            left = self.entry_frames[key] - 1
+            entries = self.entry_frames
+            left = entries[key] - 1
             if left:
-                self.entry_frames[key] = left
+                entries[key] = left
             else:
-                del self.entry_frames[key]
+                del entries[key]
             self.open -= 1
             if not self.open:
+                # The vouch stands until the next heartbeat or guard step withdraws it.
                 self.heap.clear()
                 self.closed_in_heap = 0
                 self.standing = None
                 self.alive_at = now
-                if self.written is not None:
-                    self._write(now)       # withdraw the vouch: stock from here on
-                    self.written = None
-            else:
-                self.closed_in_heap += 1
-                if self.closed_in_heap > 64 and 2 * self.closed_in_heap > len(self.heap):
-                    self.heap = [item for item in self.heap if not item[2].closed]
-                    heapq.heapify(self.heap)
-                    self.closed_in_heap = 0
-                if len(self.stacks) == 1:
-                    self._restand(None)
+                return
+            self.closed_in_heap += 1
+            if self.closed_in_heap > 64 and 2 * self.closed_in_heap > len(self.heap):
+                self.heap = [item for item in self.heap if not item[2].closed]
+                heapq.heapify(self.heap)
+                self.closed_in_heap = 0
+            if len(self.stacks) == 1:
+                # One owner left: its innermost deadline is exact again.
+                self._stand(next(iter(self.stacks.values()))[-1].deadline)
 
     def beat(self):
         """Gunicorn's worker just notified: the serving loop is alive now."""
@@ -197,7 +209,7 @@ class Registry:
             self.apply_limit()
             self.alive_at = now
             if self.standing is None:
-                self.written = None
+                self.written = None   # Gunicorn's notify() just wrote "now"
             else:
                 # Gunicorn's notify() just overwrote the standing vouch with "now".
                 self._write(max(now, self.standing))
@@ -282,9 +294,13 @@ class Registry:
                 self.alive_at = now
             elif loop_seen is not None:
                 self.alive_at = max(self.alive_at, loop_seen)
+            if self.standing is None and self.written is None:
+                return                # Gunicorn's own heartbeat, untouched
             want = vouch(now, self.standing, inside, loop_seen is not None, self.alive_at)
-            if want is not None and want != self.written:
+            if want != self.written:
                 self._write(want)
+            if self.standing is None:
+                self.written = None   # withdrawn: back to Gunicorn's heartbeat
 
     def apply_limit(self):
         """Apply a limit recorded by :meth:`set_limit`.  Call with the lock held."""
@@ -295,12 +311,12 @@ class Registry:
                 self._write(self.limit)
 
     # -- internals (lock held) ---------------------------------------------
-    def _restand(self, entered):
-        """Recompute the standing vouch after a change; write it if the file needs it."""
-        if len(self.stacks) == 1:
-            standing = next(iter(self.stacks.values()))[-1].deadline
-        else:
-            standing = max(self.standing or -INF, entered if entered is not None else -INF)
+    def _stand(self, standing):
+        """Make ``standing`` the standing vouch; write it unless what is written already works.
+
+        Anything in ``[standing - window, standing]`` keeps the worker alive to
+        the deadline and dead by deadline + window, so most entries need no syscall.
+        """
         standing = min(standing, self.limit)
         self.standing = standing
         written = self.written

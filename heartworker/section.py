@@ -52,7 +52,7 @@ class long_section:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"long_section name must be a str, not {type(name).__name__}")
         self.name = name
-        self.cap = check_cap(cap)
+        self.cap = cap if cap is None else check_cap(cap)
         self._open = None
 
     def __enter__(self):

@@ -11,7 +11,7 @@ application that fails to import.  It is never discovered at the first request.
 
 import math
 import os
-from dataclasses import dataclass
+from collections import namedtuple
 
 SECTION_CAP = "HEARTWORKER_SECTION_CAP"
 STARTUP_CAP = "HEARTWORKER_STARTUP_CAP"
@@ -48,10 +48,11 @@ def check_cap(cap, what="cap"):
     return float(cap)
 
 
-@dataclass(frozen=True)
-class Settings:
-    section_cap: float = DEFAULTS[SECTION_CAP]
-    startup_cap: float = DEFAULTS[STARTUP_CAP]
+class Settings(namedtuple("Settings", "section_cap startup_cap",
+                          defaults=(DEFAULTS[SECTION_CAP], DEFAULTS[STARTUP_CAP]))):
+    """The validated settings of one worker."""
+
+    __slots__ = ()
 
     @classmethod
     def load(cls, raw_env=None, environ=None):

@@ -8,9 +8,7 @@ from .worker import HeartWorkerMixin
 class SyncFlavor:
     """One serving thread, one stack of sections; a deadline aborts the worker."""
 
-    @staticmethod
-    def owner():
-        return None
+    owner = None   # the serving thread owns every section
 
     def loop_seen(self, now):
         # The sync worker's loop proves itself alive through notify() only.

@@ -46,7 +46,7 @@ def active():
 
 # -- the rule -----------------------------------------------------------------
 @pytest.mark.parametrize("standing,inside,loop_free,expected", [
-    (None, True, True, None),        # no section open: Gunicorn's heartbeat decides
+    (None, True, True, 7.0),         # no section open: withdraw any vouch left standing
     (100.0, True, False, 100.0),     # section code running: the standing vouch
     (100.0, False, True, 100.0),     # loop free: keep the standing vouch
     (5.0, False, True, 10.0),        # ... but never less than now
@@ -61,14 +61,33 @@ def test_inside_a_past_deadline_the_guard_never_extends_the_vouch():
 
 
 # -- the registry ----------------------------------------------------------------
-def test_outermost_section_writes_its_deadline_and_exit_withdraws_it():
+def test_outermost_section_writes_its_deadline_once_and_the_vouch_is_withdrawn_after():
     reg = make_registry()
     before = time.monotonic()
     s = reg.enter("a", 30.0, None)
     assert reg.heartbeat.writes == [s.deadline] and s.deadline >= before + 30
     reg.exit(s)
-    assert len(reg.heartbeat.writes) == 2 and reg.heartbeat.writes[1] <= time.monotonic()
+    assert reg.heartbeat.writes == [s.deadline], "leaving writes nothing"
     assert reg.standing is None and reg.open == 0 and not reg.heap and not reg.entry_frames
+    ended = reg.alive_at
+    reg.apply_rule(time.monotonic(), inside=False, loop_seen=None)    # the guard's next look
+    assert reg.heartbeat.writes[-1] == ended and reg.written is None
+    reg.apply_rule(time.monotonic(), inside=False, loop_seen=None)
+    assert len(reg.heartbeat.writes) == 2, "then Gunicorn's heartbeat alone"
+
+
+def test_back_to_back_sections_within_the_window_need_no_syscall():
+    reg = make_registry(window=2.0)
+    for _ in range(100):
+        reg.exit(reg.enter("request", 30.0, None))
+    assert len(reg.heartbeat.writes) == 1
+
+
+def test_gunicorns_heartbeat_withdraws_a_vouch_left_standing():
+    reg = make_registry()
+    reg.exit(reg.enter("a", 30.0, None))
+    reg.beat()            # after Gunicorn's notify() wrote "now"
+    assert reg.written is None and len(reg.heartbeat.writes) == 1
 
 
 def test_nested_deadline_is_the_earliest_and_only_a_nearer_one_is_written():

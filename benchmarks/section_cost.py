@@ -1,0 +1,189 @@
+"""Section cost: enter+exit of ``long_section`` vs ``contextlib.nullcontext()``, in-process.
+
+    python benchmarks/section_cost.py [--quick]
+
+A real ``Registry`` is activated in this process (as a worker does; no guard
+thread runs, which does not change the cost of entering and leaving).  Each
+case times batches of ``with ...: pass`` with ``time.perf_counter_ns``; the
+cases take turns batch by batch, so drift hits them alike.  Per enter+exit:
+median and p90 over the batches, loop overhead included (nullcontext shows
+how much that is).  The gevent cases run in a child process of this script
+(``--gevent-part``), which monkey-patches first as a gevent worker does, and
+open 10,000 sections in waiting greenlets.
+"""
+
+import sys
+
+GEVENT_PART = "--gevent-part" in sys.argv
+if GEVENT_PART:
+    from gevent import monkey
+    monkey.patch_all()
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+from time import perf_counter_ns  # noqa: E402
+
+import common  # noqa: E402
+from heartworker import native  # noqa: E402
+from heartworker.heartbeat import Heartbeat  # noqa: E402
+from heartworker.registry import Registry  # noqa: E402
+from heartworker.section import activate, long_section  # noqa: E402
+
+CAP, SHORTER_CAP, OPEN_GREENLETS = 600, 60, 10_000
+
+
+class Tmp:
+    """Stands in for Gunicorn's WorkerTmp: Heartbeat only uses fileno()."""
+
+    def __init__(self):
+        self.fd, self.path = tempfile.mkstemp(prefix="heartworker-bench-")
+
+    def fileno(self):
+        return self.fd
+
+    def close(self):
+        os.close(self.fd)
+        os.unlink(self.path)
+
+
+@contextlib.contextmanager
+def active_registry(owner=None):
+    tmp = Tmp()
+    heartbeat = Heartbeat(tmp)
+    try:
+        registry = Registry(heartbeat, serving_tid=native.get_ident(), default_cap=CAP,
+                            window=30, owner=owner)
+        activate(registry)
+        yield registry
+    finally:
+        activate(None)
+        heartbeat.close()
+        tmp.close()
+
+
+# -- the timed loops: one enter+exit per iteration ------------------------------------
+def null_loop(n):
+    for _ in range(n):
+        with contextlib.nullcontext():
+            pass
+
+
+def section_loop(n, cap=CAP):
+    for _ in range(n):
+        with long_section("x", cap=cap):
+            pass
+
+
+def no_registry(n):
+    registry = sys.modules["heartworker.section"]._active
+    activate(None)
+    try:
+        section_loop(n)
+    finally:
+        activate(registry)
+
+
+def nested(n, cap=CAP):
+    with long_section("outer", cap=CAP):
+        section_loop(n, cap)
+
+
+def nested_shorter(n):
+    nested(n, SHORTER_CAP)
+
+
+def measure(cases, quick):
+    """{name: [seconds per op of each batch]}, the cases taking turns batch by batch."""
+    batch, batches = (200, 40) if quick else (1000, 400)
+    samples = {name: [] for name in cases}
+    for _ in range(batches):
+        for name, loop in cases.items():
+            start = perf_counter_ns()
+            loop(batch)
+            samples[name].append((perf_counter_ns() - start) / batch / 1000.0)
+    return samples
+
+
+def sync_cases(quick):
+    with active_registry() as registry:
+        def heartbeat_write(n):
+            for _ in range(n):
+                registry.heartbeat.write(1.0)
+
+        return measure({"nullcontext()": null_loop,
+                        "long_section, no registry (no-op)": no_registry,
+                        "long_section, outermost": section_loop,
+                        "long_section, nested (same cap)": nested,
+                        "long_section, nested (shorter cap)": nested_shorter,
+                        "reference: one heartbeat write (os.utime)": heartbeat_write}, quick)
+
+
+def gevent_cases(quick):
+    """Run in the monkey-patched child: with 1 section open, then with 10,000 more."""
+    import gevent
+    import gevent.event
+    import greenlet
+
+    cases = {"nullcontext()": null_loop, "long_section, outermost": section_loop,
+             "long_section, nested (same cap)": nested}
+    with active_registry(owner=greenlet.getcurrent) as registry:
+        results = {f"{name} [1 open]": s for name, s in measure(cases, quick).items()}
+        release = gevent.event.Event()
+
+        def waiting():
+            with long_section("waiting", cap=CAP):
+                release.wait()
+
+        greenlets = [gevent.spawn(waiting) for _ in range(OPEN_GREENLETS)]
+        while registry.open < OPEN_GREENLETS:
+            gevent.sleep(0)
+        results.update({f"{name} [10,000 open]": s for name, s in measure(cases, quick).items()})
+        if registry.open != OPEN_GREENLETS:
+            common.fail(f"expected {OPEN_GREENLETS} open sections, found {registry.open}")
+        release.set()
+        gevent.joinall(greenlets, raise_error=True)
+    return results
+
+
+def run_gevent_part(quick):
+    cmd = [sys.executable, os.path.abspath(__file__), "--gevent-part"] + (["--quick"] * quick)
+    return json.loads(common.run_command(cmd, timeout=600))
+
+
+def run(args):
+    rows = []
+    results = [("sync", sync_cases(args.quick)), ("gevent", run_gevent_part(args.quick))]
+    for process, samples in results:
+        base = common.median(samples["nullcontext()"] if process == "sync"
+                             else samples["nullcontext() [1 open]"])
+        for name, values in samples.items():
+            med = common.median(values)
+            target, ok = target_of(name, med, samples)
+            rows.append([process, name, f"{med:.3f}", f"{common.percentile(values, 90):.3f}",
+                         f"{med - base:+.3f}", target, ok])
+    print(f"# {len(next(iter(results[0][1].values())))} batches per case; "
+          f"cap {CAP} s, shorter cap {SHORTER_CAP} s; times in microseconds per enter+exit")
+    common.table(["process", "case", "median us", "p90 us", "vs nullcontext us",
+                  "target", "result"], rows)
+
+
+def target_of(name, med, samples):
+    if "10,000 open" in name and "long_section" in name:
+        one = common.median(samples[name.replace("10,000 open", "1 open")])
+        return f"no growth (1 open: {one:.3f})", common.verdict(med <= one * 1.10)
+    if "outermost" in name:
+        return "<= 2 us", common.verdict(med <= 2.0)
+    if "nested" in name:
+        return "<= 1 us", common.verdict(med <= 1.0)
+    return "", ""
+
+
+if __name__ == "__main__":
+    if GEVENT_PART:
+        print(json.dumps(gevent_cases("--quick" in sys.argv)))
+    else:
+        common.main(run, "Section cost: long_section enter+exit vs contextlib.nullcontext()",
+                    configure=lambda p: p.add_argument("--gevent-part", action="store_true",
+                                                       help="internal: the gevent child"))
