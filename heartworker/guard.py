@@ -96,9 +96,11 @@ class Guard:
             return
         frame = self.current_frame()
         while earliest is not None and reg.deadline_of(earliest) <= now:
-            if not earliest.closed:       # it may have ended since we looked
-                running = reg.inside_section(frame, earliest)
-                if self.flavor.on_deadline(self, earliest, running, now) == "abort":
+            with reg.lock:
+                due = None if earliest.closed else reg.innermost(earliest)
+            if due is not None:           # it may have ended since we looked
+                running = reg.inside_section(frame, due)
+                if self.flavor.on_deadline(self, due, running, now) == "abort":
                     return
             with reg.lock:
                 if not earliest.closed:   # cancelled: it has ABORT_GRACE to leave

@@ -7,9 +7,12 @@ Sections entered from any other thread are not registered: they vouch for
 nothing, and they are not capped.
 
 Costs: entering and leaving a section is O(log n) for n open sections (a heap
-push; leaving marks the record closed and the heap is compacted when half of
-it is closed), plus at most one ``utime`` syscall.  The guard never scans the
-open sections: it looks at the heap's top and walks the serving thread's stack.
+push, none for a nested section clipped to its enclosing deadline; leaving
+marks the record closed and the heap is compacted when half of it is
+closed).  Entering writes the heartbeat file (one ``utime``) only when what it
+says does not already cover the new deadline; leaving never does.  The guard
+never scans the open sections: it looks at the heap's top and walks the
+serving thread's stack.
 """
 
 import heapq
@@ -23,10 +26,12 @@ MAX_STACK_WALK = 1000  # frames; deeper stacks are treated as "outside sections"
 
 
 def vouch(now, standing, inside, loop_free, alive_at):
-    """The vouching rule: what the heartbeat file must say, or None to leave it to Gunicorn.
+    """The vouching rule: what the heartbeat file must say, for the guard to write.
 
     Gunicorn's arbiter kills a worker once ``now - mtime > timeout`` (see
-    ``heartbeat.py``).  heartworker only ever writes that mtime, under this rule:
+    ``heartbeat.py``).  heartworker writes that mtime only under this rule (at
+    section entry and at Gunicorn's heartbeat, the serving thread writes the
+    standing vouch, which is what the rule says while its code runs):
 
     * No section open (``standing is None``): Gunicorn's own heartbeat decides,
       as in stock Gunicorn.  Leaving the last section writes nothing (it costs
@@ -74,9 +79,10 @@ class Section:
     ``limit`` may bring it nearer still (see :meth:`Registry.deadline_of`).
     """
 
-    __slots__ = ("registry", "name", "cap", "deadline", "owner", "frame", "started", "closed")
+    __slots__ = ("registry", "name", "cap", "deadline", "owner", "frame", "started",
+                 "in_heap", "closed")
 
-    def __init__(self, registry, name, cap, deadline, owner, frame, started):
+    def __init__(self, registry, name, cap, deadline, owner, frame, started, in_heap):
         self.registry = registry
         self.name = name
         self.cap = cap
@@ -84,6 +90,7 @@ class Section:
         self.owner = owner
         self.frame = frame
         self.started = started
+        self.in_heap = in_heap
         self.closed = False
 
     def describe(self):
@@ -110,7 +117,7 @@ class Registry:
         self.lock = native.allocate_lock()
         self.stacks = {}          # owner -> [Section, ...], innermost last
         self.entry_frames = {}    # id(frame that entered) -> number of open sections
-        self.heap = []            # (deadline, -seq, Section), closed ones removed lazily
+        self.heap = []            # (deadline, seq, Section), closed ones removed lazily
         self.closed_in_heap = 0
         self.open = 0
         self.standing = None      # the standing vouch (see vouch())
@@ -121,7 +128,7 @@ class Registry:
         self.enabled = True
         self.next_wake = INF      # when the guard will next look; maintained by the guard
         self.ring = _nothing      # wakes the guard; set by the guard
-        self.seq = 0              # decreasing: the heap breaks deadline ties innermost first
+        self.seq = 0              # breaks deadline ties in the heap
 
     # -- the serving thread ------------------------------------------------
     def enter(self, name, cap, frame, started=None):
@@ -142,12 +149,16 @@ class Registry:
             stack = stacks.get(owner)
             if stack is None:
                 stack = stacks[owner] = []
-            elif stack[-1].deadline < deadline:
+            if stack and stack[-1].deadline <= deadline:
+                # Clipped to the enclosing deadline: that section's heap entry stands
+                # for this one too (see innermost()).
                 deadline = stack[-1].deadline
-            section = Section(self, name, cap, deadline, owner, frame, started)
+                section = Section(self, name, cap, deadline, owner, frame, started, False)
+            else:
+                section = Section(self, name, cap, deadline, owner, frame, started, True)
+                self.seq += 1
+                heapq.heappush(self.heap, (deadline, self.seq, section))
             stack.append(section)
-            self.seq -= 1
-            heapq.heappush(self.heap, (deadline, self.seq, section))  # ties: innermost first
             key = id(frame)
             entries = self.entry_frames
             entries[key] = entries.get(key, 0) + 1
@@ -192,6 +203,8 @@ class Registry:
                 self.closed_in_heap = 0
                 self.standing = None
                 self.alive_at = now
+                return
+            if not section.in_heap:
                 return
             self.closed_in_heap += 1
             if self.closed_in_heap > 64 and 2 * self.closed_in_heap > len(self.heap):
@@ -249,6 +262,17 @@ class Registry:
             heapq.heappop(heap)
             self.closed_in_heap -= 1
         return heap[0][2] if heap else None
+
+    def innermost(self, section):
+        """The innermost open section of ``section``'s owner: it is due when ``section`` is.
+
+        A nested section's deadline is never later than its enclosing one's, and one
+        clipped to it has no heap entry of its own, so the heap's earliest section
+        may be an enclosing one; the work that ran out of time is the innermost.
+        Call with the lock held.
+        """
+        stack = self.stacks.get(section.owner)
+        return stack[-1] if stack else section
 
     def pop_earliest(self):
         """Take the earliest open section out of the deadline heap (it is being dealt with)."""
