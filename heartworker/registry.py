@@ -215,10 +215,15 @@ class Registry:
                 # One owner left: its innermost deadline is exact again.
                 self._stand(next(iter(self.stacks.values()))[-1].deadline)
 
-    def beat(self):
-        """Gunicorn's worker just notified: the serving loop is alive now."""
-        now = monotonic()
+    def beat(self, notify):
+        """Run Gunicorn's ``notify()``: the serving loop is alive now.
+
+        Under the lock, so that the guard never writes between Gunicorn's write
+        and the standing vouch's.
+        """
         with self.lock:
+            notify()
+            now = monotonic()
             self.apply_limit()
             self.alive_at = now
             if self.standing is None:

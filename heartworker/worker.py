@@ -99,9 +99,10 @@ class HeartWorkerMixin:
         super().run()
 
     def notify(self):
-        super().notify()
         if self.heart is not None:
-            self.heart.beat()
+            self.heart.beat(super().notify)
+        else:
+            super().notify()
         if self._refresh_dump:
             self._refresh_dump = False
             self.abort_dump.refresh()

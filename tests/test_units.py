@@ -86,7 +86,7 @@ def test_back_to_back_sections_within_the_window_need_no_syscall():
 def test_gunicorns_heartbeat_withdraws_a_vouch_left_standing():
     reg = make_registry()
     reg.exit(reg.enter("a", 30.0, None))
-    reg.beat()            # after Gunicorn's notify() wrote "now"
+    reg.beat(lambda: None)            # after Gunicorn's notify() wrote "now"
     assert reg.written is None and len(reg.heartbeat.writes) == 1
 
 
@@ -166,7 +166,7 @@ def test_disable_withdraws_the_vouch_and_stops_registering():
 def test_beat_restores_the_standing_vouch_over_gunicorns_notify():
     reg = make_registry()
     s = reg.enter("a", 300.0, None)
-    reg.beat()
+    reg.beat(lambda: None)
     assert reg.heartbeat.writes[-1] == s.deadline
     reg.exit(s)
 
@@ -318,6 +318,6 @@ def test_graceful_limit_from_a_signal_handler_never_blocks_on_the_lock():
     with reg.lock:                      # as if SIGTERM interrupted enter()/exit()
         reg.set_limit(limit)            # must not deadlock
         assert reg.limit > limit
-    reg.beat()                          # the next operation applies it
+    reg.beat(lambda: None)                          # the next operation applies it
     assert reg.limit == limit and reg.standing == limit
     reg.exit(s)
