@@ -150,13 +150,8 @@ def interleaved(rounds, variants):
 
 
 # -- servers and processes ----------------------------------------------------------------
-@contextlib.contextmanager
 def workdir():
-    path = tempfile.mkdtemp(prefix="heartworker-bench-")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix="heartworker-bench-", ignore_cleanup_errors=True)
 
 
 @contextlib.contextmanager

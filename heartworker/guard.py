@@ -86,8 +86,7 @@ class Guard:
             is_open = reg.open
         if not is_open:
             self.overdue.clear()
-            if reg.written is not None:     # withdraw what the last section left standing
-                reg.apply_rule(now, False, None)
+            reg.apply_rule(now, False, None)   # withdraws what the last section left standing
             reg.next_wake = now + IDLE_TICK
             return
         if os.getppid() != self.ppid:

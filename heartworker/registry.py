@@ -143,8 +143,7 @@ class Registry:
         deadline = started + cap
         owner = self.owner() if self.owner is not None else None
         with self.lock:
-            if self.pending_limit < self.limit:
-                self.apply_limit()
+            self.apply_limit()
             stacks = self.stacks
             stack = stacks.get(owner)
             if stack is None:
@@ -163,20 +162,15 @@ class Registry:
             entries = self.entry_frames
             entries[key] = entries.get(key, 0) + 1
             self.open += 1
-            # The standing vouch: exact with one owner, the latest deadline with several.
-            if len(stacks) == 1:
-                standing = deadline
-            else:
-                standing = deadline if self.standing is None or deadline > self.standing \
-                    else self.standing
-            self._stand(standing)
+            # The standing vouch: exact with one owner, the latest deadline with several
+            # (another owner's section is open, so a standing vouch exists).
+            self._stand(deadline if len(stacks) == 1 else max(deadline, self.standing))
         if deadline < self.next_wake:
             self.ring()
         return section
 
     def exit(self, section):
         """Close ``section`` (normally the innermost of its owner).  Writes nothing."""
-        now = monotonic()
         with self.lock:
             if section.closed:
                 return
@@ -202,10 +196,10 @@ class Registry:
                 self.heap.clear()
                 self.closed_in_heap = 0
                 self.standing = None
-                self.alive_at = now
+                self.alive_at = monotonic()
                 return
             if not section.in_heap:
-                return
+                return    # nested, clipped: the deadlines and the standing vouch are unchanged
             self.closed_in_heap += 1
             if self.closed_in_heap > 64 and 2 * self.closed_in_heap > len(self.heap):
                 self.heap = [item for item in self.heap if not item[2].closed]
@@ -237,7 +231,7 @@ class Registry:
 
         The handler may interrupt this very thread while it holds the lock, so
         the limit is only recorded here; it takes effect at once if the lock is
-        free, else at the next section entry or exit, heartbeat, or guard step.
+        free, else at the next section entry, heartbeat, or guard step.
         """
         self.pending_limit = min(self.pending_limit, limit)
         if self.lock.acquire(False):

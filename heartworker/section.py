@@ -12,8 +12,6 @@ import sys
 from .settings import check_cap
 
 _active = None   # the worker process's Registry, set by the worker once it serves
-_NUMBERS = (int, float)
-_INF = float("inf")
 
 
 def activate(registry):
@@ -54,10 +52,7 @@ class long_section:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"long_section name must be a str, not {type(name).__name__}")
         self.name = name
-        if cap is None or (type(cap) in _NUMBERS and 0 < cap < _INF):  # the fast, valid case
-            self.cap = cap
-        else:
-            self.cap = check_cap(cap)   # raises, saying what is wrong
+        self.cap = cap if cap is None else check_cap(cap)
         self._open = None
 
     def __enter__(self):
