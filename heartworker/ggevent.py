@@ -74,6 +74,10 @@ class GeventFlavor:
         """Where a waiting section's greenlet is suspended."""
         return section.owner.gr_frame
 
+    def waiting_frame(self, section):
+        """Where a section's greenlet waits (None if it is dead or not started)."""
+        return getattr(section.owner, "gr_frame", None)
+
 
 class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
     """``gunicorn -k heartworker.GeventWorker``."""
@@ -92,6 +96,11 @@ class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
         then shut down gracefully instead of aborting.  So the exit is raised in
         the main greenlet, from where it ends the process as ``sys.exit`` should.
         """
+        if self.guard is None or not self.guard.aborting:
+            # The arbiter's WORKER TIMEOUT.  Unlike the sync worker's, Gunicorn's gevent
+            # worker logs no traceback for it: say where the hub was blocked.
+            self.log.error("heartworker: aborted by the arbiter; the greenlet that was "
+                           "running (most recent call last):\n%s", format_stack(frame))
         try:
             super().handle_abort(sig, frame)
         except SystemExit as exit_:

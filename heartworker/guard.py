@@ -25,6 +25,7 @@ import sys
 from time import monotonic
 
 from . import native
+from .registry import LOCK_WAIT
 from .stacks import format_stack
 
 ABORT_GRACE = 1.0
@@ -33,17 +34,20 @@ LONGEST_WAIT = 3600.0
 
 
 class Guard:
-    def __init__(self, registry, flavor, *, tick, ppid, log, abort_dump=None):
+    def __init__(self, registry, flavor, *, tick, ppid, log, aftermath=None):
         self.registry = registry
         self.flavor = flavor
         self.tick = tick
         self.ppid = ppid
         self.log = log
-        self.abort_dump = abort_dump
+        self.aftermath = aftermath
+        self.startup = None        # the startup section, while it is open
+        self.startup_note = None   # () -> what a startup past its cap adds to the log line
         self.overdue = []          # [(escalate_at, Section)] being cancelled
         self._bell = native.allocate_lock()
         self._bell.acquire()
         self.aborting = False
+        self.frozen = False
         registry.ring = self.ring
 
     def start(self):
@@ -80,13 +84,17 @@ class Guard:
 
     def step(self, now):
         reg = self.registry
-        with reg.lock:
-            reg.apply_limit()
-            earliest = reg.earliest()
+        with reg.region(LOCK_WAIT) as held:
+            self.check_lock(held, now)
+            if held:
+                reg.apply_limit()
             is_open = reg.open
+            due = self.take_due(now, held) if is_open else ()
+            earliest = reg.earliest(held) if is_open else None
         if not is_open:
             self.overdue.clear()
-            reg.apply_rule(now, False, None)   # withdraws what the last section left standing
+            with reg.region(0 if self.frozen else LOCK_WAIT) as held:   # withdraws what the last section left standing
+                reg.apply_rule(now, False, None, held)
             reg.next_wake = now + IDLE_TICK
             return
         if os.getppid() != self.ppid:
@@ -94,18 +102,15 @@ class Guard:
                        self.current_frame())
             return
         frame = self.current_frame()
-        while earliest is not None and reg.deadline_of(earliest) <= now:
-            with reg.lock:
-                due = None if earliest.closed else reg.innermost(earliest)
-            if due is not None:           # it may have ended since we looked
-                running = reg.inside_section(frame, due)
-                if self.flavor.on_deadline(self, due, running, now) == "abort":
-                    return
-            with reg.lock:
-                if not earliest.closed:   # cancelled: it has ABORT_GRACE to leave
-                    reg.pop_earliest()
-                    self.overdue.append((now + ABORT_GRACE, earliest))
-                earliest = reg.earliest()
+        for section, innermost in due:
+            running = reg.inside_section(frame, innermost)
+            if not running and not reg.inside_section(self.flavor.waiting_frame(innermost),
+                                                      innermost):
+                self.drop_dormant(section, innermost, now)
+                continue
+            if self.flavor.on_deadline(self, innermost, running, now) == "abort":
+                return
+            self.overdue.append((now + ABORT_GRACE, section))   # cancelled: ABORT_GRACE to leave
         for escalate_at, section in self.overdue:
             if not section.closed and escalate_at <= now:
                 running = reg.inside_section(frame, section)
@@ -113,13 +118,61 @@ class Guard:
                            frame if running else self.flavor.frame_of(section))
                 return
         self.overdue = [(t, s) for t, s in self.overdue if not s.closed]
-        reg.apply_rule(now, reg.inside(frame), self.flavor.loop_seen(now))
+        with reg.region(0 if self.frozen else LOCK_WAIT) as held:
+            # Looked at in the region: no section can open between the look and the write.
+            reg.apply_rule(now, reg.inside(frame), self.flavor.loop_seen(now), held)
         wake = now + self.tick
         if earliest is not None:
             wake = min(wake, reg.deadline_of(earliest))
         for escalate_at, _ in self.overdue:
             wake = min(wake, escalate_at)
         reg.next_wake = wake
+
+    def drop_dormant(self, section, innermost, now):
+        """A section past its deadline whose code is not running anywhere: stop counting it.
+
+        Its owner left it open (a generator suspended inside it and abandoned, an
+        exception between entering and the ``with``): nothing is stuck in it, so
+        nothing is aborted or cancelled; it no longer clips or vouches.
+        """
+        self.log.warning("heartworker: section %s passed its deadline (%.2f s elapsed, cap "
+                         "%g s) but its code is not running (left open in a suspended "
+                         "generator, or never closed); it no longer counts",
+                         innermost.describe(), now - innermost.started, innermost.cap)
+        for dormant in {id(innermost): innermost, id(section): section}.values():
+            self.registry.exit(dormant)
+
+    def take_due(self, now, held):
+        """[(section, its owner's innermost section)] for each section past its deadline.
+
+        In a region they leave the deadline heap (they are being dealt with).
+        """
+        reg = self.registry
+        due = []
+        earliest = reg.earliest(held)
+        while earliest is not None and reg.deadline_of(earliest) <= now:
+            due.append((earliest, reg.innermost(earliest)))
+            if not held:
+                break
+            reg.pop_earliest()
+            earliest = reg.earliest()
+        return due
+
+    def check_lock(self, held, now):
+        """Note (once) a serving thread frozen inside a region; the step goes on without the lock.
+
+        Nothing of heartworker's blocks in a region, so a region that lasts
+        ``LOCK_WAIT`` seconds runs application code that does not return (a
+        finalizer or a signal handler).  The serving thread is then stuck like
+        any other: the guard reads what it needs and applies the rule anyway.
+        """
+        if held:
+            self.frozen = False
+        elif not self.frozen:
+            self.frozen = True
+            self.log.warning("heartworker: the serving thread has been inside heartworker's "
+                             "bookkeeping for over %.0f s (a finalizer or signal handler that "
+                             "does not return); treating it as stuck", LOCK_WAIT)
 
     def current_frame(self):
         return sys._current_frames().get(self.registry.tid)
@@ -130,12 +183,17 @@ class Guard:
         elapsed = now - section.started
         if reg.limit < section.deadline:
             why = "ran past the graceful timeout after SIGTERM"
-        elif section.deadline < section.started + section.cap:
-            why = "ran past its enclosing section's deadline"
+        elif section.bound is not None:
+            bound = section.bound
+            why = (f"ran past the deadline of its enclosing section {bound.describe()} "
+                   f"(cap {bound.cap:g} s)")
         else:
             why = "ran past its cap"
+        note = ""
+        if (section.bound or section) is self.startup and reg.limit >= section.deadline:
+            note = self.startup_note()          # the startup cap is too small, or it hangs
         return (f"heartworker: section {section.describe()} {why}: "
-                f"{elapsed:.2f} s elapsed, cap {section.cap:g} s")
+                f"{elapsed:.2f} s elapsed, cap {section.cap:g} s{note}")
 
     def overdue_message(self, section, now):
         return (f"heartworker: section {section.describe()} is still running "
@@ -158,8 +216,8 @@ class Guard:
         self.log.critical("%s; aborting worker (pid %s). Stack of the serving thread "
                           "(most recent call last):\n%s", message, os.getpid(), format_stack(frame))
         self.count("heartworker.abort")
-        if self.abort_dump is not None:
-            self.abort_dump.disable()   # the stack is logged already
+        if self.aftermath is not None:
+            self.aftermath.disable_dump()   # the stack is logged already
         try:
             signal.pthread_kill(self.registry.tid, signal.SIGABRT)
         except (OSError, ValueError):

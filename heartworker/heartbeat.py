@@ -15,6 +15,8 @@ worker then falls back to stock behaviour with a warning.
 import os
 import time
 
+from .settings import MAX_SECONDS
+
 
 class Heartbeat:
     """Writes the arbiter's view of this worker: the mtime of the heartbeat file.
@@ -55,10 +57,15 @@ def check_protocol(tmp):
     if abs(seen - now) > 1.0:
         return (f"notify() stores {seen:.1f} where heartworker expects "
                 f"time.monotonic() ({now:.1f})")
-    ahead = now + 4321.0
-    os.utime(fd, (ahead, ahead))
+    # The furthest deadline ever written: a section entered now with the longest cap.
+    ahead = now + MAX_SECONDS
+    try:
+        os.utime(fd, (ahead, ahead))
+    except (OSError, OverflowError) as exc:
+        return f"the heartbeat file cannot hold a deadline a year ahead ({exc})"
     seen = last_update()
     notify()
     if abs(seen - ahead) > 0.01:
-        return "last_update() does not read the file's mtime"
+        return ("last_update() does not read back the file's mtime a year ahead "
+                f"({seen:.1f} instead of {ahead:.1f})")
     return None

@@ -8,7 +8,7 @@ originals.  Without gevent in the process these are simply the stdlib's.
 
 import sys
 
-_NAMES = ("start_new_thread", "allocate_lock", "get_ident")
+_NAMES = ("start_new_thread", "allocate_lock", "get_ident", "RLock")
 
 
 def _originals():
@@ -25,6 +25,11 @@ def start_new_thread(function, args=()):
 
 def allocate_lock():
     return _originals()[1]()
+
+
+def allocate_rlock():
+    """A real re-entrant lock (``_thread.RLock``, in C), never gevent's."""
+    return _originals()[3]()
 
 
 def get_ident():

@@ -13,6 +13,24 @@ closed).  Entering writes the heartbeat file (one ``utime``) only when what it
 says does not already cover the new deadline; leaving never does.  The guard
 never scans the open sections: it looks at the heap's top and walks the
 serving thread's stack.
+
+Re-entrancy.  Python may run application code in the middle of any update
+here: a garbage collection can start at any allocation and run finalizers
+(a generator suspended inside a section closes it from its ``__exit__``), and
+a signal handler can run between any two bytecodes.  So the lock is an
+``RLock`` and every update runs as a *region* flagged by ``busy``: a call that
+finds its own thread already inside a region never waits and never touches
+the half-updated state.  A close is queued and done when the region ends
+(``deferred``, as ``weakref.WeakValueDictionary`` defers its removals); an
+entry made there vouches for nothing.  No region drops the last reference to
+an application object (a section's frame is released after its region), and
+the guard never waits for the lock longer than ``LOCK_WAIT`` (see
+``guard.py``: a serving thread frozen inside a region is treated as stuck).
+
+Fork.  A child forked from a worker (``multiprocessing``, a plain
+``os.fork()``) must never vouch for its parent: :meth:`Registry.forked` runs
+in the child (``os.register_at_fork``, see ``section.py``) and turns the
+copy into a no-op with a fresh lock, before any code of the child runs.
 """
 
 import heapq
@@ -22,7 +40,7 @@ from time import monotonic
 from . import native
 
 INF = math.inf
-MAX_STACK_WALK = 1000  # frames; deeper stacks are treated as "outside sections"
+LOCK_WAIT = 1.0   # seconds the guard waits for the lock before it treats the holder as stuck
 
 
 def vouch(now, standing, inside, loop_free, alive_at):
@@ -75,28 +93,33 @@ class Section:
     """One open section: a value with a deadline.
 
     ``deadline`` is absolute (``time.monotonic()``): ``started + cap``, or the
-    enclosing section's deadline if that comes first.  The registry's graceful
+    enclosing section's deadline if that comes first (then ``bound`` is the
+    outermost section whose deadline it is).  The registry's graceful
     ``limit`` may bring it nearer still (see :meth:`Registry.deadline_of`).
+    ``frame`` is the *anchor*: the frame whose presence on the owner's stack
+    means "running inside this section" (see ``section.anchor``).
     """
 
-    __slots__ = ("registry", "name", "cap", "deadline", "owner", "frame", "started",
-                 "in_heap", "closed")
+    __slots__ = ("registry", "name", "cap", "deadline", "owner", "frame", "code", "started",
+                 "in_heap", "closed", "bound")
 
-    def __init__(self, registry, name, cap, deadline, owner, frame, started, in_heap):
+    def __init__(self, registry, name, cap, deadline, owner, frame, started):
         self.registry = registry
         self.name = name
         self.cap = cap
         self.deadline = deadline
         self.owner = owner
         self.frame = frame
+        self.code = frame.f_code if frame is not None else None
         self.started = started
-        self.in_heap = in_heap
+        self.in_heap = False
         self.closed = False
+        self.bound = None
 
     def describe(self):
         if self.name:
             return repr(self.name)
-        code = self.frame.f_code if self.frame is not None else None
+        code = self.code
         if code is None:
             return "(unnamed)"
         return f"(unnamed, in {code.co_name} at {code.co_filename}:{code.co_firstlineno})"
@@ -114,108 +137,76 @@ class Registry:
         self.window = window
         self.owner = owner        # None: one owner, the serving thread itself
         self.get_ident = native.native_get_ident()
-        self.lock = native.allocate_lock()
+        self.lock = native.allocate_rlock()
+        self.busy = False         # a region is updating the state (see the module docstring)
+        self.deferred = []        # sections closed while a region was busy, closed at its end
         self.stacks = {}          # owner -> [Section, ...], innermost last
-        self.entry_frames = {}    # id(frame that entered) -> number of open sections
+        self.entry_frames = {}    # id(anchor frame) -> number of open sections
         self.heap = []            # (deadline, seq, Section), closed ones removed lazily
         self.closed_in_heap = 0
         self.open = 0
         self.standing = None      # the standing vouch (see vouch())
         self.written = None       # what we last wrote; None: Gunicorn's own heartbeat
         self.limit = INF          # graceful limit on every deadline
-        self.pending_limit = INF  # set by a signal handler, applied under the lock
+        self.pending_limit = INF  # set by a signal handler, applied in a region
         self.alive_at = monotonic()
         self.enabled = True
         self.next_wake = INF      # when the guard will next look; maintained by the guard
         self.ring = _nothing      # wakes the guard; set by the guard
         self.seq = 0              # breaks deadline ties in the heap
 
-    # -- the serving thread ------------------------------------------------
+    # -- the serving thread (hot path: regions written out inline) -------------------
     def enter(self, name, cap, frame, started=None):
         """Open a section for the current owner; return it, or None if it is not ours to vouch."""
         if not self.enabled or self.get_ident() != self.tid:
             return None
-        now = monotonic()
         if cap is None:
             cap = self.default_cap
         if started is None:
-            started = now
-        deadline = started + cap
+            started = monotonic()
         owner = self.owner() if self.owner is not None else None
-        with self.lock:
-            self.apply_limit()
-            stacks = self.stacks
-            stack = stacks.get(owner)
-            if stack is None:
-                stack = stacks[owner] = []
-            if stack and stack[-1].deadline <= deadline:
-                # Clipped to the enclosing deadline: that section's heap entry stands
-                # for this one too (see innermost()).
-                deadline = stack[-1].deadline
-                section = Section(self, name, cap, deadline, owner, frame, started, False)
-            else:
-                section = Section(self, name, cap, deadline, owner, frame, started, True)
-                self.seq += 1
-                heapq.heappush(self.heap, (deadline, self.seq, section))
-            stack.append(section)
-            key = id(frame)
-            entries = self.entry_frames
-            entries[key] = entries.get(key, 0) + 1
-            self.open += 1
-            # The standing vouch: exact with one owner, the latest deadline with several
-            # (another owner's section is open, so a standing vouch exists).
-            self._stand(deadline if len(stacks) == 1 else max(deadline, self.standing))
-        if deadline < self.next_wake:
+        section = Section(self, name, cap, started + cap, owner, frame, started)
+        with self.lock:           # `with`, `try`: an exception from a signal handler
+            if self.busy:         # (a finalizer, mid-update on this thread: vouch for nothing)
+                return None       # can never leave the lock held or `busy` set
+            try:
+                self.busy = True
+                self._open(section)
+            finally:
+                done = self._end()
+        if done:
+            _release_frames(done)
+        if section.deadline < self.next_wake:
             self.ring()
         return section
 
     def exit(self, section):
         """Close ``section`` (normally the innermost of its owner).  Writes nothing."""
+        if not self.enabled:
+            return
         with self.lock:
-            if section.closed:
+            if self.busy:         # a finalizer, mid-update on this thread: close it at the end
+                self.deferred.append(section)
                 return
-            section.closed = True
-            stack = self.stacks[section.owner]
-            if stack[-1] is section:
-                stack.pop()
-            else:
-                stack.remove(section)
-            if not stack:
-                del self.stacks[section.owner]
-            key = id(section.frame)
-            section.frame = None      # do not keep the caller's locals alive
-            entries = self.entry_frames
-            left = entries[key] - 1
-            if left:
-                entries[key] = left
-            else:
-                del entries[key]
-            self.open -= 1
-            if not self.open:
-                # The vouch stands until the next heartbeat or guard step withdraws it.
-                self.heap.clear()
-                self.closed_in_heap = 0
-                self.standing = None
-                self.alive_at = monotonic()
-                return
-            if not section.in_heap:
-                return    # nested, clipped: the deadlines and the standing vouch are unchanged
-            self.closed_in_heap += 1
-            if self.closed_in_heap > 64 and 2 * self.closed_in_heap > len(self.heap):
-                self.heap = [item for item in self.heap if not item[2].closed]
-                heapq.heapify(self.heap)
-                self.closed_in_heap = 0
-            if len(self.stacks) == 1:
-                # One owner left: its innermost deadline is exact again.
-                self._stand(next(iter(self.stacks.values()))[-1].deadline)
+            try:
+                self.busy = True
+                self._close(section)
+            finally:
+                done = self._end()
+        section.frame = None      # outside the region: this may free the caller's locals
+        if done:
+            _release_frames(done)
 
     def beat(self, notify):
         """Run Gunicorn's ``notify()``: the serving loop is alive now.
 
-        Under the lock, so that the guard never writes between Gunicorn's write
+        In a region, so that the guard never writes between Gunicorn's write
         and the standing vouch's.
         """
-        with self.lock:
+        if not self._begin():
+            notify()              # re-entered from a signal handler: just Gunicorn's heartbeat
+            return
+        try:
             notify()
             now = monotonic()
             self.apply_limit()
@@ -225,38 +216,111 @@ class Registry:
             else:
                 # Gunicorn's notify() just overwrote the standing vouch with "now".
                 self._write(max(now, self.standing))
+        finally:
+            self._finish()
 
     def set_limit(self, limit):
         """No deadline may pass ``limit`` (the graceful timeout).  Safe in a signal handler.
 
-        The handler may interrupt this very thread while it holds the lock, so
-        the limit is only recorded here; it takes effect at once if the lock is
-        free, else at the next section entry, heartbeat, or guard step.
+        The handler may interrupt a region of this very thread, so the limit is
+        only recorded here; it takes effect at once if no region is busy, else
+        at the next section entry, heartbeat, or guard step.
         """
         self.pending_limit = min(self.pending_limit, limit)
-        if self.lock.acquire(False):
+        if self._begin(wait=0):
             try:
                 self.apply_limit()
             finally:
-                self.lock.release()
+                self._finish()
         self.ring()
 
     def disable(self):
         """Stop vouching for good: back to Gunicorn's own heartbeat."""
-        with self.lock:
+        held = self._begin(wait=LOCK_WAIT)
+        try:
             self.enabled = False
             self.standing = None
             if self.written is not None:
                 self._write(self.alive_at)
                 self.written = None
+        finally:
+            if held:
+                self._finish()
+
+    def forked(self):
+        """In a child forked from this worker: never vouch, never wait (``os.register_at_fork``).
+
+        The child has none of the parent's threads, so the lock may be held
+        by a thread that no longer exists: replace it.  The heartbeat
+        descriptor is the parent's file: close it.
+        """
+        self.enabled = False
+        self.lock = native.allocate_rlock()
+        self.busy = False
+        self.deferred = []
+        self.ring = _nothing
+        self.heartbeat.close()
+
+    # -- regions ---------------------------------------------------------------
+    def _begin(self, wait=-1):
+        """Start a region; False if this thread is already in one, or ``wait`` s passed."""
+        lock = self.lock
+        if not lock.acquire(wait != 0, wait if wait > 0 else -1):
+            return False
+        try:
+            if self.busy:
+                lock.release()
+                return False
+            self.busy = True
+        except BaseException:
+            lock.release()
+            raise
+        return True
+
+    def _end(self):
+        """Close what was deferred and clear ``busy`` (lock held); return what it closed."""
+        try:
+            deferred = self.deferred
+            if not deferred:
+                return ()
+            self.deferred = []
+            for section in deferred:
+                self._close(section)
+            return deferred
+        finally:
+            self.busy = False
+
+    def _finish(self):
+        """End a region started by :meth:`_begin`: deferred closes, then release."""
+        try:
+            done = self._end()
+        finally:
+            self.lock.release()
+        if done:
+            _release_frames(done)
+
+    def region(self, wait=-1):
+        """A region as a context manager, for the guard: ``with reg.region(LOCK_WAIT) as held:``.
+
+        ``held`` is False if the lock could not be had within ``wait`` seconds
+        (the body then runs without it and must only read).
+        """
+        return _Region(self, wait)
 
     # -- the guard -----------------------------------------------------------
     def deadline_of(self, section):
         return min(section.deadline, self.limit)
 
-    def earliest(self):
-        """The open section with the earliest deadline, or None.  Call with the lock held."""
+    def earliest(self, held=True):
+        """The open section with the earliest deadline, or None.
+
+        In a region, closed entries are dropped from the heap's top; without
+        the lock (``held=False``: the serving thread is frozen in a region)
+        the heap is only read.
+        """
         heap = self.heap
+        if not held:
+            return min((item for item in list(heap) if not item[2].closed), default=(None,) * 3)[2]
         while heap and heap[0][2].closed:
             heapq.heappop(heap)
             self.closed_in_heap -= 1
@@ -266,12 +330,14 @@ class Registry:
         """The innermost open section of ``section``'s owner: it is due when ``section`` is.
 
         A nested section's deadline is never later than its enclosing one's, and one
-        clipped to it has no heap entry of its own, so the heap's earliest section
-        may be an enclosing one; the work that ran out of time is the innermost.
-        Call with the lock held.
+        clipped to it has no heap entry of its own while the enclosing section is
+        open, so the heap's earliest section may be an enclosing one; the work that
+        ran out of time is the innermost.  Call in a region.
         """
         stack = self.stacks.get(section.owner)
-        return stack[-1] if stack else section
+        if stack and stack[-1].deadline <= section.deadline:
+            return stack[-1]
+        return section
 
     def pop_earliest(self):
         """Take the earliest open section out of the deadline heap (it is being dealt with)."""
@@ -280,60 +346,139 @@ class Registry:
     def inside(self, frame):
         """Is ``frame`` (the serving thread's current frame) running inside an open section?
 
-        True when the entry frame of an open section is on its stack: the
+        True when the anchor frame of an open section is on its stack: the
         code that opened the section has not returned or left the ``with``.
+        The whole stack is walked, however deep.
         """
         entries = self.entry_frames
-        depth = 0
-        while frame is not None and depth < MAX_STACK_WALK:
+        while frame is not None:
             if id(frame) in entries:
                 return True
             frame = frame.f_back
-            depth += 1
         return False
 
-    def inside_section(self, frame, section):
+    @staticmethod
+    def inside_section(frame, section):
         """Is ``frame``'s stack running the code of ``section`` right now?"""
         target = section.frame
         if target is None:
             return False
-        depth = 0
-        while frame is not None and depth < MAX_STACK_WALK:
+        while frame is not None:
             if frame is target:
                 return True
             frame = frame.f_back
-            depth += 1
         return False
 
-    def apply_rule(self, now, inside, loop_seen):
-        """Write what :func:`vouch` says, given what the guard just saw.
+    def apply_rule(self, now, inside, loop_seen, held=True):
+        """Write what :func:`vouch` says, given what the guard just saw (call in a region).
 
         ``loop_seen`` is when the serving loop last answered a probe, if it
         answered the latest one (the loop is free), else None.
         """
-        with self.lock:
+        if held:
             self.apply_limit()
-            if inside:
-                self.alive_at = now
-            elif loop_seen is not None:
-                self.alive_at = max(self.alive_at, loop_seen)
-            if self.standing is None and self.written is None:
-                return                # Gunicorn's own heartbeat, untouched
-            want = vouch(now, self.standing, inside, loop_seen is not None, self.alive_at)
-            if want != self.written:
-                self._write(want)
-            if self.standing is None:
-                self.written = None   # withdrawn: back to Gunicorn's heartbeat
+        if inside:
+            self.alive_at = now
+        elif loop_seen is not None:
+            self.alive_at = max(self.alive_at, loop_seen)
+        if self.standing is None and self.written is None:
+            return                # Gunicorn's own heartbeat, untouched
+        want = vouch(now, self.standing, inside, loop_seen is not None, self.alive_at)
+        if want != self.written:
+            self._write(want)
+        if self.standing is None:
+            self.written = None   # withdrawn: back to Gunicorn's heartbeat
 
     def apply_limit(self):
-        """Apply a limit recorded by :meth:`set_limit`.  Call with the lock held."""
+        """Apply a limit recorded by :meth:`set_limit`.  Call in a region."""
         if self.pending_limit < self.limit:
             self.limit = self.pending_limit
             if self.standing is not None and self.standing > self.limit:
                 self.standing = self.limit
                 self._write(self.limit)
 
-    # -- internals (lock held) ---------------------------------------------
+    # -- internals (in a region) -------------------------------------------------
+    def _open(self, section):
+        self.apply_limit()
+        stacks = self.stacks
+        owner = section.owner
+        stack = stacks.get(owner)
+        if stack is None:
+            stack = stacks[owner] = []
+        if stack and stack[-1].deadline <= section.deadline \
+                and self.inside_section(section.frame, stack[-1]):
+            # Clipped to the enclosing deadline: that section's heap entry stands for
+            # this one too while it is open (see innermost() and _close()).  Only a
+            # section whose code encloses this one's clips it: not one left open in a
+            # suspended generator.
+            enclosing = stack[-1]
+            section.deadline = enclosing.deadline
+            section.bound = enclosing.bound or enclosing
+        else:
+            self._push(section)
+        stack.append(section)
+        key = id(section.frame)
+        entries = self.entry_frames
+        entries[key] = entries.get(key, 0) + 1
+        self.open += 1
+        # The standing vouch: exact with one owner, the latest deadline with several
+        # (another owner's section is open, so a standing vouch exists).
+        deadline = section.deadline
+        self._stand(deadline if len(stacks) == 1 else max(deadline, self.standing))
+
+    def _close(self, section):
+        if section.closed:
+            return
+        section.closed = True
+        stack = self.stacks.get(section.owner, ())
+        in_order = bool(stack) and stack[-1] is section
+        if in_order:
+            stack.pop()
+        else:
+            for i, other in enumerate(stack):
+                if other is section:
+                    del stack[i]
+                    # Out of order (a generator resumed after its enclosing `with`
+                    # ended, manual __exit__ calls): the sections above it may have
+                    # been clipped to its deadline with no heap entry of their own.
+                    for above in stack[i:]:
+                        if not above.in_heap:
+                            self._push(above)
+                    break
+        if not stack and section.owner in self.stacks:
+            del self.stacks[section.owner]
+        key = id(section.frame)
+        entries = self.entry_frames
+        left = entries.get(key, 1) - 1
+        if left:
+            entries[key] = left
+        else:
+            entries.pop(key, None)
+        self.open -= 1
+        if not self.open:
+            # The vouch stands until the next heartbeat or guard step withdraws it.
+            self.heap.clear()
+            self.closed_in_heap = 0
+            self.standing = None
+            self.alive_at = monotonic()
+            return
+        if in_order and not section.in_heap:
+            return    # nested, clipped: the deadlines and the standing vouch are unchanged
+        if section.in_heap:
+            self.closed_in_heap += 1
+            if self.closed_in_heap > 64 and 2 * self.closed_in_heap > len(self.heap):
+                self.heap = [item for item in self.heap if not item[2].closed]
+                heapq.heapify(self.heap)
+                self.closed_in_heap = 0
+        if len(self.stacks) == 1:
+            # One owner left: its innermost deadline is exact again.
+            self._stand(next(iter(self.stacks.values()))[-1].deadline)
+
+    def _push(self, section):
+        self.seq += 1
+        section.in_heap = True
+        heapq.heappush(self.heap, (section.deadline, self.seq, section))
+
     def _stand(self, standing):
         """Make ``standing`` the standing vouch; write it unless what is written already works.
 
@@ -351,5 +496,26 @@ class Registry:
         self.written = when
 
 
+class _Region:
+    __slots__ = ("registry", "wait", "held")
+
+    def __init__(self, registry, wait):
+        self.registry, self.wait = registry, wait
+
+    def __enter__(self):
+        self.held = self.registry._begin(self.wait)
+        return self.held
+
+    def __exit__(self, *exc):
+        if self.held:
+            self.registry._finish()
+        return False
+
+
 def _nothing():
     pass
+
+
+def _release_frames(sections):
+    for section in sections:      # outside any region: this may run finalizers
+        section.frame = None

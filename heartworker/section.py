@@ -5,18 +5,67 @@ with ``--preload``) there is no active registry and a section is a cheap
 no-op.
 """
 
+import contextlib
 import functools
 import inspect
+import os
 import sys
 
 from .settings import check_cap
 
 _active = None   # the worker process's Registry, set by the worker once it serves
+_OUTSIDE = object()   # the "open section" of a long_section entered where nothing vouches
+# Frames between the code that runs a with-body and long_section.__enter__: see anchor().
+_ENTER_CONTEXT = contextlib.ExitStack.enter_context.__code__
+_CONTEXTMANAGER_ENTER = contextlib._GeneratorContextManager.__enter__.__code__
+_GENERATOR = inspect.CO_GENERATOR
 
 
 def activate(registry):
     global _active
     _active = registry
+
+
+def _forked():
+    """In a forked child (a multiprocessing pool, a plain fork): sections are no-ops."""
+    global _active
+    registry, _active = _active, None
+    if registry is not None:
+        registry.forked()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def anchor(frame):
+    """The frame whose presence on the stack means "running inside this section".
+
+    It is the frame that runs the body of the ``with`` statement.  Usually
+    that is the frame that called ``long_section.__enter__``; when a helper
+    enters the section for it, the helper's frames are skipped:
+
+    * a frame named ``__enter__`` (a class-based context manager that enters
+      a ``long_section`` in its own ``__enter__``), and ``ExitStack.enter_context``;
+    * a generator frame run by contextlib's ``_GeneratorContextManager.__enter__``:
+      the body of a ``@contextmanager`` helper, suspended at its ``yield``
+      while the user's ``with`` body runs.  Any other generator is its own
+      anchor (it covers nothing between its resumptions).
+
+    Skipping is safe: the caller of a helper is on the stack for as long as
+    the helper is, so a section never covers less than its own code, and
+    every vouch is still bounded by the section's deadline.
+    """
+    while True:
+        code = frame.f_code
+        back = frame.f_back
+        if back is None:
+            return frame
+        if code.co_name == "__enter__" or code is _ENTER_CONTEXT:
+            frame = back
+        elif code.co_flags & _GENERATOR and back.f_code is _CONTEXTMANAGER_ENTER:
+            frame = back
+        else:
+            return frame
 
 
 class SectionCapExceeded(BaseException):
@@ -41,9 +90,9 @@ class long_section:
         @long_section("export report", cap=300)
         def export(): ...
 
-    A ``long_section`` object is entered at most once at a time; as a
-    decorator it makes a fresh section for every call, so decorated functions
-    are safe to call concurrently and recursively.
+    A ``long_section`` object is entered at most once at a time, in a worker
+    or not; as a decorator it makes a fresh section for every call, so
+    decorated functions are safe to call concurrently and recursively.
     """
 
     __slots__ = ("name", "cap", "_open")
@@ -56,17 +105,19 @@ class long_section:
         self._open = None
 
     def __enter__(self):
+        if self._open is not None:
+            raise RuntimeError("this long_section is already entered; make a new one")
         registry = _active
-        if registry is not None:
-            if self._open is not None:
-                raise RuntimeError("this long_section is already entered; make a new one")
-            self._open = registry.enter(self.name, self.cap, sys._getframe(1))
+        if registry is None:
+            self._open = _OUTSIDE
+        else:
+            self._open = registry.enter(self.name, self.cap, anchor(sys._getframe(1))) or _OUTSIDE
         return self
 
     def __exit__(self, exc_type, exc, tb):
         section = self._open
-        if section is not None:
-            self._open = None
+        self._open = None
+        if section is not _OUTSIDE and section is not None:
             section.registry.exit(section)
         return False
 

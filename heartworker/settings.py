@@ -9,7 +9,6 @@ Gunicorn's ``WORKER_BOOT_ERROR`` and the arbiter shuts down, exactly as for an
 application that fails to import.  It is never discovered at the first request.
 """
 
-import math
 import os
 from collections import namedtuple
 
@@ -22,6 +21,13 @@ DEFAULTS = {
 }
 
 
+# The longest cap heartworker accepts: one year.  A deadline is written into the
+# heartbeat file's mtime as monotonic() + cap; this bound keeps that within what
+# every clock and file system here holds (checked at boot, see heartbeat.py),
+# and a section that may run longer than a year has no cap worth the name.
+MAX_SECONDS = 365 * 86400.0
+
+
 class SettingError(ValueError):
     """A heartworker setting has a value the worker cannot run with."""
 
@@ -32,8 +38,9 @@ def parse_seconds(name, raw):
         value = float(raw)
     except (TypeError, ValueError):
         raise SettingError(f"{name}={raw!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise SettingError(f"{name}={raw!r} must be a finite number of seconds > 0")
+    if not 0 < value <= MAX_SECONDS:
+        raise SettingError(f"{name}={raw!r} must be a number of seconds > 0 and "
+                           f"<= {MAX_SECONDS:.0f} (one year)")
     return value
 
 
@@ -43,8 +50,9 @@ def check_cap(cap, what="cap"):
         return None
     if isinstance(cap, bool) or not isinstance(cap, (int, float)):
         raise TypeError(f"{what} must be a number of seconds, not {type(cap).__name__}")
-    if not math.isfinite(cap) or cap <= 0:
-        raise ValueError(f"{what} must be a finite number of seconds > 0, not {cap!r}")
+    if not 0 < cap <= MAX_SECONDS:   # false for NaN too; exact for huge ints
+        raise ValueError(f"{what} must be a number of seconds > 0 and <= {MAX_SECONDS:.0f} "
+                         f"(one year), not {cap!r}")
     return float(cap)
 
 

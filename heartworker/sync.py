@@ -21,6 +21,10 @@ class SyncFlavor:
     def frame_of(self, section):
         return section.frame
 
+    def waiting_frame(self, section):
+        """One thread: a section that is not running on it is not running at all."""
+        return None
+
 
 class SyncWorker(HeartWorkerMixin, sync.SyncWorker):
     """``gunicorn -k heartworker.SyncWorker``."""

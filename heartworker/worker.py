@@ -12,12 +12,12 @@ from time import monotonic
 from gunicorn.arbiter import Arbiter
 
 from . import native
+from .aftermath import Aftermath, ordinal, shared_dir
 from .guard import Guard
 from .heartbeat import Heartbeat, check_protocol
 from .registry import Registry
 from .section import activate
-from .settings import SettingError, Settings
-from .stacks import AbortDump
+from .settings import STARTUP_CAP, SettingError, Settings
 
 
 def guard_tick(timeout):
@@ -36,10 +36,14 @@ class HeartWorkerMixin:
         super().__init__(*args, **kwargs)
         # Runs in the arbiter, before fork: nothing here may change the process.
         self.spawned_at = monotonic()
-        self.heart = self.guard = self.startup = self.abort_dump = None
+        self.heart = self.guard = self.startup = self.aftermath = None
         self.heart_settings = None
         self.heart_problem = check_protocol(self.tmp)
-        self._refresh_dump = False
+        try:
+            self.aftermath_dir = shared_dir(self.cfg.worker_tmp_dir)
+        except OSError as exc:
+            self.aftermath_dir = None
+            self.log.warning("heartworker: no directory for stack dumps (%s)", exc)
         try:
             startup_cap = Settings.load(self.cfg.env).startup_cap
         except SettingError:
@@ -50,8 +54,10 @@ class HeartWorkerMixin:
             # at startup cap + --timeout instead of never (a fresh heartbeat file
             # has a wall-clock mtime, which the arbiter never finds stale).
             boot = Heartbeat(self.tmp)
-            boot.write(self.spawned_at + startup_cap)
-            boot.close()
+            try:
+                boot.write(self.spawned_at + startup_cap)
+            finally:
+                boot.close()
 
     def init_process(self):
         try:
@@ -63,8 +69,10 @@ class HeartWorkerMixin:
 
     def init_signals(self):
         super().init_signals()
-        self.abort_dump = AbortDump(self.log)
-        self.abort_dump.enable()
+        if self.aftermath_dir is not None:
+            self.aftermath = Aftermath(self.aftermath_dir, self.log)
+            self.aftermath.collect()        # stacks left by a worker killed with the GIL held
+            self.aftermath.enable_dump()    # after Gunicorn's SIGABRT handler: chained to it
 
     def load_wsgi(self):
         if self.heart is None and self.heart_settings is not None:
@@ -84,18 +92,28 @@ class HeartWorkerMixin:
                             default_cap=settings.section_cap, window=self.cfg.timeout,
                             owner=flavor.owner)
         guard = Guard(registry, flavor, tick=guard_tick(self.cfg.timeout), ppid=self.ppid,
-                      log=self.log, abort_dump=self.abort_dump)
+                      log=self.log, aftermath=self.aftermath)
         # The startup began at spawn: time spent in post_fork counts against its cap.
         self.startup = registry.enter("startup", settings.startup_cap, frame,
                                       started=self.spawned_at)
+        guard.startup, guard.startup_note = self.startup, self.startup_note
         self.heart, self.guard = registry, guard
         guard.start()
         activate(registry)
+
+    def startup_note(self):
+        """What the CRITICAL line of a startup past its cap adds: the setting, and the count."""
+        n = self.aftermath.startup_failed() if self.aftermath is not None else 1
+        return (f" ({STARTUP_CAP}={self.heart_settings.startup_cap:g}: raise it if the app "
+                f"legitimately takes longer to start); the {ordinal(n)} startup in a row "
+                f"past its cap")
 
     def run(self):
         if self.startup is not None:
             self.heart.exit(self.startup)
             self.startup = None
+            if self.aftermath is not None:
+                self.aftermath.startup_done()
         super().run()
 
     def notify(self):
@@ -103,9 +121,6 @@ class HeartWorkerMixin:
             self.heart.beat(super().notify)
         else:
             super().notify()
-        if self._refresh_dump:
-            self._refresh_dump = False
-            self.abort_dump.refresh()
 
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
@@ -113,6 +128,9 @@ class HeartWorkerMixin:
             # Graceful stop: no section is vouched for past graceful_timeout from now.
             self.heart.set_limit(monotonic() + self.cfg.graceful_timeout)
 
-    def handle_usr1(self, sig, frame):
-        super().handle_usr1(sig, frame)
-        self._refresh_dump = True   # follow the reopened error log at the next heartbeat
+    def handle_abort(self, sig, frame):
+        # Python runs the abort, so Gunicorn logs a readable traceback: the raw dump
+        # faulthandler just wrote would print the same stacks a second time.
+        if self.aftermath is not None:
+            self.aftermath.discard()
+        super().handle_abort(sig, frame)

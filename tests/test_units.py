@@ -24,6 +24,9 @@ class RecordingHeartbeat:
     def write(self, when):
         self.writes.append(when)
 
+    def close(self):
+        self.closed = True
+
 
 def make_registry(owner=None, window=2.0, default_cap=60.0):
     return Registry(RecordingHeartbeat(), serving_tid=native.get_ident(),
@@ -91,13 +94,15 @@ def test_gunicorns_heartbeat_withdraws_a_vouch_left_standing():
 
 
 def test_nested_deadline_is_the_earliest_and_only_a_nearer_one_is_written():
+    import sys
+    here = sys._getframe()
     reg = make_registry()
-    outer = reg.enter("outer", 30.0, None)
-    inner_long = reg.enter("inner", 300.0, None)
+    outer = reg.enter("outer", 30.0, here)
+    inner_long = reg.enter("inner", 300.0, here)
     assert inner_long.deadline == outer.deadline
     assert len(reg.heartbeat.writes) == 1, "same deadline: no syscall"
     reg.exit(inner_long)
-    inner_short = reg.enter("short", 1.0, None)
+    inner_short = reg.enter("short", 1.0, here)
     assert inner_short.deadline < outer.deadline
     assert reg.heartbeat.writes[-1] == inner_short.deadline
     reg.exit(inner_short)
@@ -315,9 +320,178 @@ def test_graceful_limit_from_a_signal_handler_never_blocks_on_the_lock():
     reg = make_registry()
     s = reg.enter("a", 300.0, None)
     limit = time.monotonic() + 2
-    with reg.lock:                      # as if SIGTERM interrupted enter()/exit()
-        reg.set_limit(limit)            # must not deadlock
+    with reg.region():                  # as if SIGTERM interrupted enter()/exit()
+        reg.set_limit(limit)            # must not deadlock, nor touch the state mid-update
         assert reg.limit > limit
     reg.beat(lambda: None)                          # the next operation applies it
     assert reg.limit == limit and reg.standing == limit
     reg.exit(s)
+
+
+# -- hardening (issue 8) ----------------------------------------------------------------
+def test_a_finalizer_that_closes_a_section_mid_update_is_deferred_not_deadlocked(active):
+    import gc
+    reg = active()
+
+    def opened_in_generator():
+        with long_section("generator"):
+            yield
+
+    class Cycle:
+        def __init__(self):
+            self.me, self.gen = self, opened_in_generator()
+            next(self.gen)
+
+    Cycle()
+    assert reg.open == 1
+    write = reg.heartbeat.write
+
+    def write_and_collect(when):      # a GC that starts at an allocation inside the update
+        write(when)
+        gc.collect()
+
+    reg.heartbeat.write = write_and_collect
+    with long_section("request", cap=1.0):      # a nearer deadline: written in the update
+        pass
+    assert reg.open == 0 and not reg.busy and not reg.deferred and not reg.stacks
+
+
+def test_a_section_opened_by_a_finalizer_mid_update_vouches_for_nothing(active):
+    reg = active()
+    with reg.region():
+        with long_section("from a finalizer") as s:
+            assert reg.open == 0
+        assert s._open is None
+    with long_section("after") as s:
+        assert reg.open == 1
+
+
+def test_a_forked_child_never_vouches_and_never_waits_for_an_inherited_lock(active):
+    reg = active()
+    held, release = threading.Event(), threading.Event()
+
+    def hold():                       # another thread is mid-update at the fork
+        with reg.region():
+            held.set()
+            release.wait(10)
+
+    with long_section("spans the fork"):
+        t = threading.Thread(target=hold)
+        t.start()
+        held.wait(10)
+        pid = os.fork()
+        if pid == 0:                  # the child: nothing may write or wait
+            try:
+                with long_section("in the child", cap=1000):
+                    pass
+                ok = not reg.enabled and reg.heartbeat.closed
+            finally:
+                os._exit(0 if ok else 3)
+        release.set()
+        t.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert reg.enabled and reg.open == 0
+
+
+def test_out_of_order_exits_never_leave_a_section_without_a_deadline():
+    import sys
+    here = sys._getframe()
+    reg = make_registry()
+    outer = reg.enter("outer", 30.0, here)
+    inner = reg.enter("inner", 300.0, here)
+    assert inner.deadline == outer.deadline and not inner.in_heap and inner.bound is outer
+    reg.exit(outer)
+    assert reg.earliest() is inner and reg.open == 1
+    reg.exit(inner)
+    assert reg.open == 0
+
+
+def test_entering_one_long_section_twice_raises_everywhere():
+    s = long_section("once")
+    with s:
+        with pytest.raises(RuntimeError):
+            s.__enter__()
+    with s:                           # and it can be entered again once left
+        pass
+
+
+def test_the_anchor_skips_helpers_to_the_frame_that_runs_the_with_body():
+    import contextlib
+    import sys
+
+    from heartworker.section import anchor
+
+    seen = []
+
+    class Probe:
+        def __enter__(self):
+            seen.append(anchor(sys._getframe(1)))
+
+        def __exit__(self, *exc):
+            pass
+
+    class Wrapper:
+        def __enter__(self):
+            self.p = Probe()
+            self.p.__enter__()
+
+        def __exit__(self, *exc):
+            pass
+
+    @contextlib.contextmanager
+    def helper():
+        with Probe():
+            yield
+
+    here = sys._getframe()
+    with Probe():
+        pass
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(Probe())
+    with helper():
+        pass
+    with Wrapper():
+        pass
+
+    def gen():
+        with Probe():
+            yield
+
+    for _ in gen():                   # a plain generator is its own anchor
+        pass
+    assert seen[:4] == [here] * 4
+    assert seen[4] is not here and seen[4].f_code is gen.__code__
+
+
+@pytest.mark.parametrize("cap", [1e19, 10 ** 400, 365 * 86400 + 1])
+def test_caps_beyond_a_year_fail_where_they_are_written(cap):
+    with pytest.raises(ValueError, match="one year"):
+        long_section("x", cap=cap)
+    assert long_section("x", cap=365 * 86400).cap == 365 * 86400
+
+
+def test_the_heartbeat_file_holds_a_deadline_a_year_ahead():
+    tmp = WorkerTmp(Config())
+    try:
+        assert check_protocol(tmp) is None
+        ahead = time.monotonic() + 365 * 86400
+        Heartbeat(tmp).write(ahead)
+        assert abs(tmp.last_update() - ahead) < 1e-3
+    finally:
+        tmp.close()
+
+
+def test_a_section_left_open_in_a_generator_does_not_clip_later_sections():
+    import sys
+    reg = make_registry()
+
+    def gen():
+        yield reg.enter("fetch page", 1.0, sys._getframe())
+
+    abandoned = next(gen())
+    later = reg.enter("export", 600.0, sys._getframe())
+    assert later.bound is None and later.deadline > abandoned.deadline + 500
+    assert reg.innermost(abandoned) is abandoned, "the later section is not the one due"
+    reg.exit(later)
+    reg.exit(abandoned)

@@ -5,7 +5,10 @@ heartworker's startup section); requests are routed by path, with numbers in
 the query string.  Function names matter: tests look for them in logged stacks.
 """
 
+import contextlib
+import gc
 import os
+import sys
 import threading
 import time
 from urllib.parse import parse_qs
@@ -68,6 +71,175 @@ def fanout(n, seconds):
     return f"{n} sections in {time.monotonic() - start:.3f} s".encode()
 
 
+# -- everyday Python around sections (issue 8) -------------------------------------
+def opened_in_generator(cap):
+    with long_section("generator", cap=cap):
+        yield
+
+
+ABANDONED = []
+
+
+class Cycle:
+    """Garbage only the cyclic GC frees, holding a generator suspended inside a section."""
+
+    def __init__(self, cap):
+        self.me = self
+        self.gen = opened_in_generator(cap)
+        next(self.gen)
+
+
+def gc_churn(n):
+    """Sections on the request path while the GC finalizes generators suspended in sections."""
+    old = gc.get_threshold()
+    gc.set_threshold(5, 2, 2)
+    try:
+        for _ in range(n):
+            Cycle(60)
+            with long_section("request", cap=60):
+                pass
+    finally:
+        gc.set_threshold(*old)
+    return b"churned"
+
+
+def in_heartworker_update():
+    """True while heartworker updates its bookkeeping (0.1.0: while its lock is held)."""
+    registry = sys.modules["heartworker.section"]._active
+    busy = getattr(registry, "busy", None)
+    return registry.lock.locked() if busy is None else busy
+
+
+class HangsIfCollectedInAnUpdate:
+    def __init__(self):
+        self.me = self
+
+    def __del__(self):
+        if in_heartworker_update():
+            finalizer_that_never_returns()
+
+
+def finalizer_that_never_returns():
+    while True:
+        time.sleep(3600)
+
+
+def frozen_in_update(cap):
+    """A finalizer that never returns, run by a GC that starts inside heartworker's update.
+
+    Heartworker's updates allocate little, so the collection is aimed: the
+    allocation count is brought to a few short of the threshold, the garbage
+    is dropped without allocating, and a section is entered; over the
+    attempts the collection lands on each allocation of that entry in turn.
+    """
+    with long_section("outer", cap=cap):
+        old = gc.get_threshold()
+        try:
+            for attempt in range(20_000):
+                gc.set_threshold(200, 1000, 1000)
+                inner = long_section("inner", cap=cap / 2)   # nearer: a heap entry, a write
+                holder = [HangsIfCollectedInAnUpdate()]
+                filler = []
+                while gc.get_count()[0] < 200 - attempt % 8:
+                    filler.append([])
+                holder.clear()
+                with inner:
+                    pass
+        finally:
+            gc.set_threshold(*old)
+    return b"the GC never started inside an update"
+
+
+def fork_sections(seconds):
+    """A forked child keeps entering sections while its parent hogs the CPU outside them."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:      # no sleep: a gevent child must not yield to
+                with long_section("child", cap=1000):   # its copy of the worker's own greenlets
+                    busy_outside(0.05)
+        finally:
+            os._exit(0)
+    busy_outside(seconds)
+    os.waitpid(pid, 0)
+
+
+@long_section("pool task", cap=1000)
+def pool_task(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def fork_pool(seconds):
+    """The parent waits (outside sections) for a fork-pool task that runs in a section."""
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        pool.apply(pool_task, (seconds,))
+
+
+def inner_outlives_outer(outer_cap):
+    """An inner section left open in a generator, resumed after the outer `with` ended."""
+    def inner():
+        with long_section("inner", cap=60):
+            yield
+            stuck_in_section()
+
+    with long_section("outer", cap=outer_cap):
+        gen = inner()
+        next(gen)
+    next(gen)
+
+
+def manual_out_of_order(outer_cap):
+    outer, inner = long_section("outer", cap=outer_cap), long_section("inner", cap=60)
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)
+    stuck_in_section()
+
+
+@contextlib.contextmanager
+def my_long_io(cap):
+    with long_section("helper", cap=cap):
+        yield
+
+
+class Wrapper:
+    """A class-based context manager that enters a long_section in its own __enter__."""
+
+    def __init__(self, cap):
+        self.section = long_section("wrapped", cap=cap)
+
+    def __enter__(self):
+        self.section.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.section.__exit__(*exc)
+
+
+def through_helper(kind, cap, work):
+    if kind == "exitstack":
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(long_section("stacked", cap=cap))
+            work()
+    elif kind == "contextmanager":
+        with my_long_io(cap):
+            work()
+    elif kind == "class":
+        with Wrapper(cap):
+            work()
+    else:
+        raise ValueError(kind)
+
+
+def deep(depth, work):
+    if depth:
+        return deep(depth - 1, work)
+    work()
+
+
 def route(path, q):
     s, cap, name = q("s", 0.0), q("cap", None), q("name", None, str)
     if path == "/pid":
@@ -89,6 +261,10 @@ def route(path, q):
     elif path == "/section_gil":
         with long_section(name or "gil", cap=cap):
             hold_gil(s)
+    elif path == "/section_sleep_then_gil":
+        with long_section(name or "load", cap=cap):
+            time.sleep(s)
+            hold_gil(q("gil", 30.0))
     elif path == "/section_hang":
         with long_section(name or "stuck", cap=cap):
             stuck_in_section()
@@ -115,6 +291,30 @@ def route(path, q):
     elif path == "/error_in_section":
         with long_section("failing", cap=cap):
             raise ValueError("boom inside a section")
+    elif path == "/gc_churn":
+        return gc_churn(int(q("n", 2000)))
+    elif path == "/frozen_in_update":
+        return frozen_in_update(q("cap", 3.0))
+    elif path == "/fork_sections":
+        fork_sections(s)
+    elif path == "/fork_pool":
+        fork_pool(s)
+    elif path == "/abandon_generator":
+        gen = opened_in_generator(cap)
+        next(gen)                       # suspended inside its section, and kept
+        ABANDONED.append(gen)
+    elif path == "/inner_outlives_outer":
+        inner_outlives_outer(q("outer", 2.0))
+    elif path == "/manual_out_of_order":
+        manual_out_of_order(q("outer", 2.0))
+    elif path == "/helper":
+        work = (lambda: busy_outside(s)) if q("busy", 0) else (lambda: time.sleep(s))
+        through_helper(q("kind", "", str), q("cap", 30.0), work)
+    elif path == "/deep_section":
+        depth = int(q("depth", 1500))
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), depth + 500))
+        with long_section("deep", cap=q("cap", 30.0)):
+            deep(depth, lambda: busy_outside(s))
     elif path == "/fanout":
         return fanout(int(q("n", 100)), s)
     elif path == "/decorated":
@@ -124,8 +324,16 @@ def route(path, q):
     return b"done"
 
 
+def stream_then_hang(start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"first chunk\n"
+    hang_outside()
+
+
 def app(environ, start_response):
     query = parse_qs(environ.get("QUERY_STRING", ""))
+    if environ.get("PATH_INFO") == "/stream_then_hang":
+        return stream_then_hang(start_response)
 
     def q(key, default, kind=float):
         return kind(query[key][0]) if key in query else default

@@ -1,0 +1,151 @@
+"""Everyday Python around sections, against real Gunicorn, in both workers (issue 8).
+
+Each test here failed on heartworker 0.1.0: a GC finalizer froze the worker,
+a forked child vouched for its parent, a cap the clock cannot hold broke the
+worker later, a nested section lost its deadline, and sections entered
+through ordinary helpers (or deep stacks) did not vouch.
+"""
+
+import re
+import time
+
+import pytest
+
+from tests.timing import in_background, killed, timed_get
+
+TIMEOUT = 2
+MARGIN = 3.0
+
+
+@pytest.fixture
+def start(each_worker):
+    return lambda **kw: each_worker(timeout=TIMEOUT, **kw)
+
+
+def is_gevent(srv):
+    return "Gevent" in srv.worker
+
+
+# -- 1. re-entrancy: app code that runs in the middle of heartworker's bookkeeping ------------
+def test_gc_finalizing_generators_in_sections_never_freezes_the_worker(start):
+    srv = start()
+    pid = srv.get("/pid").text
+    status, took = timed_get(srv, "/gc_churn?n=3000", timeout=30)
+    assert status == 200, srv.log()
+    assert srv.get("/section?s=3&cap=10").status_code == 200, "sections still vouch"
+    status, took = timed_get(srv, "/busy?s=30")
+    assert killed(status) and took < TIMEOUT + MARGIN, "and nothing vouches outside them"
+    assert srv.get("/pid").text != pid
+
+
+def test_a_finalizer_frozen_inside_heartworkers_update_is_treated_as_stuck(start):
+    srv = start()
+    status, took = timed_get(srv, "/frozen_in_update?cap=3")
+    assert killed(status), "the GC never started inside an update: the test did not test"
+    assert took < 3 + MARGIN
+    log = srv.log()
+    assert "treating it as stuck" in log, log
+    assert re.search(r"section '(outer|inner)' ran past its cap", log), log
+    assert "finalizer_that_never_returns" in log
+
+
+# -- 2. fork: a child never vouches for its parent ---------------------------------------------
+def test_a_forked_child_in_sections_does_not_keep_its_parent_alive(start):
+    srv = start()
+    began = time.monotonic()
+    in_background(srv, "/fork_sections?s=10")
+    # The child holds the client's socket until it exits: watch the worker instead.
+    assert srv.wait_for_log("WORKER TIMEOUT", timeout=TIMEOUT + MARGIN), srv.log()
+    assert time.monotonic() - began < TIMEOUT + MARGIN
+
+
+def test_a_fork_pool_task_in_a_section_does_not_keep_its_waiting_parent_alive(server):
+    # Sync only: under gevent a greenlet that waits outside sections is never timed out.
+    srv = server(timeout=TIMEOUT)
+    began = time.monotonic()
+    in_background(srv, "/fork_pool?s=10")
+    # The pool's child holds the client's socket until its task ends: watch the worker.
+    assert srv.wait_for_log("WORKER TIMEOUT", timeout=TIMEOUT + MARGIN), srv.log()
+    assert time.monotonic() - began < TIMEOUT + MARGIN
+
+
+# -- 3. caps the clock cannot hold ------------------------------------------------------------
+def test_a_cap_beyond_a_year_fails_where_it_is_written_and_a_year_works(start):
+    srv = start()
+    pid = srv.get("/pid").text
+    assert srv.get("/section?cap=1e19").status_code == 500
+    assert "cap must be a number of seconds > 0 and <= 31536000 (one year)" in srv.log()
+    status, took = timed_get(srv, "/section_busy?s=4&cap=31536000")
+    assert status == 200 and took >= 4, srv.log()
+    assert srv.get("/pid").text == pid, "the worker lived on"
+    assert "WORKER TIMEOUT" not in srv.log()
+
+
+@pytest.mark.parametrize("name", ["HEARTWORKER_SECTION_CAP", "HEARTWORKER_STARTUP_CAP"])
+def test_settings_beyond_a_year_refuse_to_boot(start, name):
+    srv = start(ready=False, env={name: "1e19"})
+    assert srv.proc.wait(20) != 0
+    log = srv.log()
+    assert f"invalid setting: {name}='1e19' must be a number of seconds > 0 and <= 31536000" \
+        in log, log
+    assert "Unhandled exception" not in log and "Worker failed to boot" in log
+
+
+def test_the_longest_cap_setting_works_end_to_end(start):
+    srv = start(env={"HEARTWORKER_SECTION_CAP": "31536000",
+                     "HEARTWORKER_STARTUP_CAP": "31536000"})
+    status, took = timed_get(srv, "/section_busy?s=4")
+    assert status == 200 and took >= 4, srv.log()
+
+
+# -- 4. a nested section never loses its deadline --------------------------------------------
+@pytest.mark.parametrize("path", ["/inner_outlives_outer?outer=2", "/manual_out_of_order?outer=2"])
+def test_an_inner_section_outliving_its_outer_one_keeps_the_outer_deadline(start, path):
+    srv = start()
+    status, took = timed_get(srv, path)
+    assert killed(status) and 2 <= took < 2 + MARGIN, srv.log()
+    assert srv.wait_for_log(r"section 'inner' ran past the deadline of its enclosing section "
+                            r"'outer' \(cap 2 s\)"), srv.log()
+    assert "stuck_in_section" in srv.log()
+
+
+def test_a_section_left_open_in_an_abandoned_generator_harms_nothing(start):
+    srv = start()
+    pid = srv.get("/pid").text
+    assert srv.get("/abandon_generator?cap=1").status_code == 200
+    status, took = timed_get(srv, "/section_busy?s=4&cap=30&name=export")
+    assert status == 200 and took >= 4, srv.log()
+    assert srv.get("/pid").text == pid, "neither clipped nor aborted by the abandoned section"
+    assert "section 'generator' passed its deadline" in srv.log()
+    assert "it no longer counts" in srv.log()
+    status, took = timed_get(srv, "/busy?s=30")
+    assert killed(status) and took < TIMEOUT + MARGIN, "and it vouches for nothing"
+
+
+# -- 5. sections entered through ordinary helpers, and deep stacks, vouch ---------------------
+@pytest.mark.parametrize("kind", ["exitstack", "contextmanager", "class"])
+def test_sections_entered_through_helpers_vouch_for_the_with_body(start, kind):
+    srv = start()
+    status, took = timed_get(srv, f"/helper?kind={kind}&s=4&busy=1")
+    assert status == 200 and took >= 4, srv.log()
+    assert "WORKER TIMEOUT" not in srv.log()
+
+
+def test_a_section_entered_through_a_helper_is_still_capped(start):
+    srv = start()
+    status, took = timed_get(srv, "/helper?kind=contextmanager&s=60&busy=1&cap=2.5")
+    assert killed(status) and took < 2.5 + MARGIN
+    assert srv.wait_for_log(r"section 'helper' ran past its cap")
+
+
+def test_a_sleeping_with_body_under_exitstack_survives_in_the_sync_worker(server):
+    srv = server(timeout=TIMEOUT)
+    status, took = timed_get(srv, "/helper?kind=exitstack&s=4")
+    assert status == 200 and took >= 4, srv.log()
+
+
+def test_a_section_deeper_than_a_thousand_frames_vouches(start):
+    srv = start()
+    status, took = timed_get(srv, "/deep_section?depth=3000&s=4")
+    assert status == 200 and took >= 4, srv.log()
+    assert "WORKER TIMEOUT" not in srv.log()
