@@ -31,6 +31,12 @@ def each_worker(request, server):
 
 
 @pytest.fixture
+def start(each_worker):
+    """Factory: ``each_worker`` with ``--timeout 2`` (modules may define their own)."""
+    return lambda **kw: each_worker(timeout=2, **kw)
+
+
+@pytest.fixture
 def gevent_server(server):
     pytest.importorskip("gevent")
 

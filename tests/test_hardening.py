@@ -17,11 +17,6 @@ TIMEOUT = 2
 MARGIN = 3.0
 
 
-@pytest.fixture
-def start(each_worker):
-    return lambda **kw: each_worker(timeout=TIMEOUT, **kw)
-
-
 def is_gevent(srv):
     return "Gevent" in srv.worker
 

@@ -14,11 +14,6 @@ TIMEOUT = 2
 MARGIN = 3.0
 
 
-@pytest.fixture
-def start(each_worker):
-    return lambda **kw: each_worker(timeout=TIMEOUT, **kw)
-
-
 def test_a_startup_past_its_cap_names_the_setting_and_counts_the_restarts(start):
     srv = start(ready=False, env={"APP_STARTUP_HANG": "1", "HEARTWORKER_STARTUP_CAP": "1"})
     m = srv.wait_for_log(r"section 'startup' ran past its cap: [\d.]+ s elapsed, cap 1 s "
