@@ -85,7 +85,7 @@ class Guard:
     def step(self, now):
         reg = self.registry
         with reg.region(LOCK_WAIT) as held:
-            self.check_lock(held, now)
+            self.check_lock(held)
             if held:
                 reg.apply_limit()
             is_open = reg.open
@@ -93,7 +93,7 @@ class Guard:
             earliest = reg.earliest(held) if is_open else None
         if not is_open:
             self.overdue.clear()
-            with reg.region(0 if self.frozen else LOCK_WAIT) as held:   # withdraws what the last section left standing
+            with reg.region(self.lock_wait()) as held:   # withdraws what the last section left standing
                 reg.apply_rule(now, False, None, held)
             reg.next_wake = now + IDLE_TICK
             return
@@ -103,12 +103,11 @@ class Guard:
             return
         frame = self.current_frame()
         for section, innermost in due:
-            running = reg.inside_section(frame, innermost)
-            if not running and not reg.inside_section(self.flavor.waiting_frame(innermost),
-                                                      innermost):
-                self.drop_dormant(section, innermost, now)
+            target = self.live_one(frame, innermost, section, now)
+            if target is None:
                 continue
-            if self.flavor.on_deadline(self, innermost, running, now) == "abort":
+            running = reg.inside_section(frame, target)
+            if self.flavor.on_deadline(self, target, running, now) == "abort":
                 return
             self.overdue.append((now + ABORT_GRACE, section))   # cancelled: ABORT_GRACE to leave
         for escalate_at, section in self.overdue:
@@ -118,7 +117,7 @@ class Guard:
                            frame if running else self.flavor.frame_of(section))
                 return
         self.overdue = [(t, s) for t, s in self.overdue if not s.closed]
-        with reg.region(0 if self.frozen else LOCK_WAIT) as held:
+        with reg.region(self.lock_wait()) as held:
             # Looked at in the region: no section can open between the look and the write.
             reg.apply_rule(now, reg.inside(frame), self.flavor.loop_seen(now), held)
         wake = now + self.tick
@@ -128,19 +127,26 @@ class Guard:
             wake = min(wake, escalate_at)
         reg.next_wake = wake
 
-    def drop_dormant(self, section, innermost, now):
-        """A section past its deadline whose code is not running anywhere: stop counting it.
+    def live_one(self, frame, innermost, section, now):
+        """The section to end at this deadline: the innermost one whose code still runs.
 
-        Its owner left it open (a generator suspended inside it and abandoned, an
-        exception between entering and the ``with``): nothing is stuck in it, so
-        nothing is aborted or cancelled; it no longer clips or vouches.
+        A section whose code runs nowhere (neither on the serving stack nor in
+        a waiting greenlet) was left open by its owner: a generator suspended
+        inside it and abandoned, an exception between entering and the
+        ``with``.  Nothing is stuck in it, so nothing is aborted or cancelled
+        for it: it is dropped with a warning, and no longer clips or vouches.
         """
-        self.log.warning("heartworker: section %s passed its deadline (%.2f s elapsed, cap "
-                         "%g s) but its code is not running (left open in a suspended "
-                         "generator, or never closed); it no longer counts",
-                         innermost.describe(), now - innermost.started, innermost.cap)
-        for dormant in {id(innermost): innermost, id(section): section}.values():
-            self.registry.exit(dormant)
+        reg = self.registry
+        for candidate in (innermost, section) if innermost is not section else (section,):
+            if reg.inside_section(frame, candidate) or \
+                    reg.inside_section(self.flavor.waiting_frame(candidate), candidate):
+                return candidate
+            self.log.warning("heartworker: section %s passed its deadline (%.2f s elapsed, cap "
+                             "%g s) but its code is not running (left open in a suspended "
+                             "generator, or never closed); it no longer counts",
+                             candidate.describe(), now - candidate.started, candidate.cap)
+            reg.exit(candidate)
+        return None
 
     def take_due(self, now, held):
         """[(section, its owner's innermost section)] for each section past its deadline.
@@ -158,7 +164,11 @@ class Guard:
             earliest = reg.earliest()
         return due
 
-    def check_lock(self, held, now):
+    def lock_wait(self):
+        """How long a step waits for the lock: not again in a step that found it frozen."""
+        return 0 if self.frozen else LOCK_WAIT
+
+    def check_lock(self, held):
         """Note (once) a serving thread frozen inside a region; the step goes on without the lock.
 
         Nothing of heartworker's blocks in a region, so a region that lasts

@@ -203,10 +203,10 @@ class Registry:
         In a region, so that the guard never writes between Gunicorn's write
         and the standing vouch's.
         """
-        if not self._begin():
-            notify()              # re-entered from a signal handler: just Gunicorn's heartbeat
-            return
-        try:
+        with self.region() as held:
+            if not held:          # re-entered from a signal handler: just Gunicorn's heartbeat
+                notify()
+                return
             notify()
             now = monotonic()
             self.apply_limit()
@@ -216,8 +216,6 @@ class Registry:
             else:
                 # Gunicorn's notify() just overwrote the standing vouch with "now".
                 self._write(max(now, self.standing))
-        finally:
-            self._finish()
 
     def set_limit(self, limit):
         """No deadline may pass ``limit`` (the graceful timeout).  Safe in a signal handler.
@@ -227,25 +225,19 @@ class Registry:
         at the next section entry, heartbeat, or guard step.
         """
         self.pending_limit = min(self.pending_limit, limit)
-        if self._begin(wait=0):
-            try:
+        with self.region(wait=0) as held:
+            if held:
                 self.apply_limit()
-            finally:
-                self._finish()
         self.ring()
 
     def disable(self):
         """Stop vouching for good: back to Gunicorn's own heartbeat."""
-        held = self._begin(wait=LOCK_WAIT)
-        try:
+        with self.region(LOCK_WAIT):      # with the lock or, after LOCK_WAIT, without
             self.enabled = False
             self.standing = None
             if self.written is not None:
                 self._write(self.alive_at)
                 self.written = None
-        finally:
-            if held:
-                self._finish()
 
     def forked(self):
         """In a child forked from this worker: never vouch, never wait (``os.register_at_fork``).
@@ -262,20 +254,16 @@ class Registry:
         self.heartbeat.close()
 
     # -- regions ---------------------------------------------------------------
-    def _begin(self, wait=-1):
-        """Start a region; False if this thread is already in one, or ``wait`` s passed."""
-        lock = self.lock
-        if not lock.acquire(wait != 0, wait if wait > 0 else -1):
-            return False
-        try:
-            if self.busy:
-                lock.release()
-                return False
-            self.busy = True
-        except BaseException:
-            lock.release()
-            raise
-        return True
+    def region(self, wait=-1):
+        """A region as a context manager: ``with reg.region(LOCK_WAIT) as held:``.
+
+        ``held`` is False if this thread is already in a region (a signal
+        handler or finalizer called back in) or the lock could not be had
+        within ``wait`` seconds; the body then runs without it and must not
+        change the sections.  ``enter`` and ``exit``, the hot path, write the
+        same steps out with ``with self.lock`` instead.
+        """
+        return _Region(self, wait)
 
     def _end(self):
         """Close what was deferred and clear ``busy`` (lock held); return what it closed."""
@@ -289,23 +277,6 @@ class Registry:
             return deferred
         finally:
             self.busy = False
-
-    def _finish(self):
-        """End a region started by :meth:`_begin`: deferred closes, then release."""
-        try:
-            done = self._end()
-        finally:
-            self.lock.release()
-        if done:
-            _release_frames(done)
-
-    def region(self, wait=-1):
-        """A region as a context manager, for the guard: ``with reg.region(LOCK_WAIT) as held:``.
-
-        ``held`` is False if the lock could not be had within ``wait`` seconds
-        (the body then runs without it and must only read).
-        """
-        return _Region(self, wait)
 
     # -- the guard -----------------------------------------------------------
     def deadline_of(self, section):
@@ -399,7 +370,8 @@ class Registry:
 
     # -- internals (in a region) -------------------------------------------------
     def _open(self, section):
-        self.apply_limit()
+        if self.pending_limit < self.limit:
+            self.apply_limit()
         stacks = self.stacks
         owner = section.owner
         stack = stacks.get(owner)
@@ -503,12 +475,25 @@ class _Region:
         self.registry, self.wait = registry, wait
 
     def __enter__(self):
-        self.held = self.registry._begin(self.wait)
+        reg, wait = self.registry, self.wait
+        lock = reg.lock
+        self.held = False
+        if lock.acquire(wait != 0, wait if wait > 0 else -1):
+            if reg.busy:
+                lock.release()
+            else:
+                reg.busy = self.held = True
         return self.held
 
     def __exit__(self, *exc):
         if self.held:
-            self.registry._finish()
+            reg = self.registry
+            try:
+                done = reg._end()
+            finally:
+                reg.lock.release()
+            if done:
+                _release_frames(done)
         return False
 
 

@@ -57,15 +57,17 @@ def anchor(frame):
     """
     while True:
         code = frame.f_code
-        back = frame.f_back
+        if code.co_name == "__enter__" or code is _ENTER_CONTEXT:
+            back = frame.f_back
+        elif code.co_flags & _GENERATOR:
+            back = frame.f_back
+            if back is not None and back.f_code is not _CONTEXTMANAGER_ENTER:
+                return frame
+        else:
+            return frame              # the usual case: f_back is never touched
         if back is None:
             return frame
-        if code.co_name == "__enter__" or code is _ENTER_CONTEXT:
-            frame = back
-        elif code.co_flags & _GENERATOR and back.f_code is _CONTEXTMANAGER_ENTER:
-            frame = back
-        else:
-            return frame
+        frame = back
 
 
 class SectionCapExceeded(BaseException):

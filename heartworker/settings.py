@@ -28,6 +28,11 @@ DEFAULTS = {
 MAX_SECONDS = 365 * 86400.0
 
 
+def in_range(seconds):
+    """The one rule for a cap or a setting: more than 0 and at most a year (False for NaN)."""
+    return 0 < seconds <= MAX_SECONDS
+
+
 class SettingError(ValueError):
     """A heartworker setting has a value the worker cannot run with."""
 
@@ -38,7 +43,7 @@ def parse_seconds(name, raw):
         value = float(raw)
     except (TypeError, ValueError):
         raise SettingError(f"{name}={raw!r} is not a number of seconds") from None
-    if not 0 < value <= MAX_SECONDS:
+    if not in_range(value):
         raise SettingError(f"{name}={raw!r} must be a number of seconds > 0 and "
                            f"<= {MAX_SECONDS:.0f} (one year)")
     return value
@@ -50,7 +55,7 @@ def check_cap(cap, what="cap"):
         return None
     if isinstance(cap, bool) or not isinstance(cap, (int, float)):
         raise TypeError(f"{what} must be a number of seconds, not {type(cap).__name__}")
-    if not 0 < cap <= MAX_SECONDS:   # false for NaN too; exact for huge ints
+    if not in_range(cap):            # exact for huge ints too
         raise ValueError(f"{what} must be a number of seconds > 0 and <= {MAX_SECONDS:.0f} "
                          f"(one year), not {cap!r}")
     return float(cap)

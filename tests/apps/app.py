@@ -104,10 +104,8 @@ def gc_churn(n):
 
 
 def in_heartworker_update():
-    """True while heartworker updates its bookkeeping (0.1.0: while its lock is held)."""
-    registry = sys.modules["heartworker.section"]._active
-    busy = getattr(registry, "busy", None)
-    return registry.lock.locked() if busy is None else busy
+    """True while heartworker updates its bookkeeping."""
+    return sys.modules["heartworker.section"]._active.busy
 
 
 class HangsIfCollectedInAnUpdate:
