@@ -117,6 +117,15 @@ def test_a_section_left_open_in_an_abandoned_generator_harms_nothing(start):
     assert killed(status) and took < TIMEOUT + MARGIN, "and it vouches for nothing"
 
 
+def test_a_dormant_inner_section_is_dropped_and_its_live_outer_one_still_ended(start):
+    srv = start()
+    status, took = timed_get(srv, "/dormant_inner_live_outer?cap=2")
+    assert killed(status) and 2 <= took < 2 + MARGIN, srv.log()
+    assert srv.wait_for_log(r"section 'outer' ran past its cap"), srv.log()
+    assert "section 'generator' passed its deadline" in srv.log()
+    assert "stuck_in_section" in srv.log()
+
+
 # -- 5. sections entered through ordinary helpers, and deep stacks, vouch ---------------------
 @pytest.mark.parametrize("kind", ["exitstack", "contextmanager", "class"])
 def test_sections_entered_through_helpers_vouch_for_the_with_body(start, kind):

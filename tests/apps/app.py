@@ -301,6 +301,11 @@ def route(path, q):
         gen = opened_in_generator(cap)
         next(gen)                       # suspended inside its section, and kept
         ABANDONED.append(gen)
+    elif path == "/dormant_inner_live_outer":
+        with long_section("outer", cap=cap):
+            gen = opened_in_generator(60)
+            next(gen)                   # an inner section, clipped to outer's, then dormant
+            stuck_in_section()
     elif path == "/inner_outlives_outer":
         inner_outlives_outer(q("outer", 2.0))
     elif path == "/manual_out_of_order":
