@@ -1,15 +1,18 @@
-"""Kill latency: from a section's cap (or stock Gunicorn's --timeout) to the worker's death.
+"""Kill latency: from a section's cap (or stock Gunicorn's --timeout) to the request's end.
 
     python benchmarks/kill_latency.py [--quick]
 
 Each trial sends one request whose section starts as the request does, so
 "after the cap" is the client's elapsed time minus the cap (a slight
-overestimate: the section starts a little after the request is sent).  The
-worker's death is seen by polling ``/proc/<pid>`` every 2 ms from the start
-of the request, and the log says who killed it: heartworker's guard, or the
-arbiter (WORKER TIMEOUT, then SIGKILL if SIGABRT's handler could not run).
-A gevent section whose greenlet merely waits is cancelled and its worker
-lives on: for it, the client's time is the latency.
+overestimate: the section starts a little after the request is sent).
+
+* Cancelled sections (the default at a deadline): the latency is the
+  client's, from the cap to its ``504``, and the worker must live on.
+* The backstop (``cancel=False``, a swallowed cancellation, C code holding
+  the GIL) and stock Gunicorn: the worker's death is seen by polling
+  ``/proc/<pid>`` every 2 ms from the start of the request, and the log says
+  who killed it: heartworker's guard, or the arbiter (WORKER TIMEOUT, then
+  SIGKILL if SIGABRT's handler could not run).
 """
 
 import re
@@ -22,16 +25,26 @@ import common
 from tests.gunicorn_server import pid_alive
 
 SYNC, GEVENT = "heartworker.SyncWorker", "heartworker.GeventWorker"
-CAP, STOCK_TIMEOUT = 1, 2
+CAP, GRACE, STOCK_TIMEOUT = 1, 1, 2
 # (case, worker, --timeout, path, seconds the clock starts from, the worker dies, target s)
 CASES = [
-    ("sync: Python busy loop", SYNC, 1, f"/section_busy?s=60&cap={CAP}", CAP, True, 0.1),
-    ("sync: blocked in a syscall (sleep)", SYNC, 1, f"/section_hang?cap={CAP}", CAP, True, 0.1),
+    ("sync: Python busy loop (cancelled)", SYNC, 1, f"/section_busy?s=60&cap={CAP}", CAP,
+     False, 0.1),
+    ("sync: blocked in time.sleep (cancelled)", SYNC, 1, f"/section_hang?cap={CAP}", CAP,
+     False, 0.1),
+    ("sync: blocked in a socket read (cancelled)", SYNC, 1, f"/section_recv?cap={CAP}", CAP,
+     False, 0.1),
+    ("gevent: busy loop blocking the hub (cancelled)", GEVENT, 1,
+     f"/section_busy?s=60&cap={CAP}", CAP, False, 0.1),
+    ("gevent: waiting greenlet (cancelled)", GEVENT, 1, f"/section_hang?cap={CAP}", CAP,
+     False, 0.1),
+    ("sync: cancel=False (aborted at the cap)", SYNC, 1, f"/section_hang?cap={CAP}&cancel=0",
+     CAP, True, 0.1),
+    ("gevent: cancel=False, hub blocked (aborted)", GEVENT, 1,
+     f"/section_busy?s=60&cap={CAP}&cancel=0", CAP, True, 0.1),
+    ("sync: swallows its cancellation (aborted at cap + grace)", SYNC, 1,
+     f"/section_stubborn?cap={CAP}", CAP + GRACE, True, 0.1),
     ("sync: C call holding the GIL", SYNC, 1, f"/section_gil?s=60&cap={CAP}", CAP, True, None),
-    ("gevent: busy loop blocking the hub", GEVENT, 1, f"/section_busy?s=60&cap={CAP}", CAP,
-     True, 0.1),
-    ("gevent: waiting greenlet (cancelled, worker lives)", GEVENT, 1,
-     f"/section_hang?cap={CAP}", CAP, False, 0.1),
     ("stock sync: --timeout 2, hung request", "sync", STOCK_TIMEOUT, "/hang", STOCK_TIMEOUT,
      True, None),
 ]
@@ -90,15 +103,17 @@ def trial(srv, path, reference, dies):
         status = type(exc).__name__
     client = time.monotonic() - start
     if status == 200:
-        common.fail(f"{path} answered 200 after {client:.2f} s: nothing was killed")
+        common.fail(f"{path} answered 200 after {client:.2f} s: nothing was ended")
     if not dies:
         done.set()
+        if status != 504:
+            common.fail(f"{path}: a cancelled section answered {status}, not 504:\n{srv.log()}")
     watcher.join(limit)
     if dies != bool(died):
         common.fail(f"{path}: worker {pid} {'did not die' if dies else 'died'} "
                     f"(client saw {status} after {client:.2f} s):\n{srv.log()}")
     if not dies:
-        return client - reference, None, "cancelled"
+        return client - reference, None, "cancelled: 504, worker lives"
     srv.wait_for_log(rf"Worker \(pid:{pid}\)|Booting worker with pid: (?!{pid}\b)\d+")
     worker_pid(srv, not_pid=pid)   # the arbiter's replacement serves: ready for the next trial
     return client - reference, died[0] - reference, killed_by(srv, pid)
@@ -106,8 +121,9 @@ def trial(srv, path, reference, dies):
 
 def run(args):
     repeats = 1 if args.quick else 5
-    print(f"# {repeats} trial(s) per case; caps {CAP} s; seconds after the cap "
-          f"(stock: after --timeout); median and max")
+    print(f"# {repeats} trial(s) per case; caps {CAP} s, HEARTWORKER_CANCEL_GRACE {GRACE} s; "
+          f"seconds after the cap (+ grace for a swallowed cancellation; stock: after "
+          f"--timeout); median and max")
     rows = []
     for case, worker, timeout, path, reference, dies, target in CASES:
         with common.servers([dict(worker=worker, timeout=timeout)]) as (srv,):
@@ -123,9 +139,9 @@ def run(args):
                      f"median {common.verdict(common.median(measured) <= target)}, max "
                      f"{common.verdict(max(measured) <= target)}" if target else ""])
     common.table(["case", "gunicorn", "request", "client: after cap, median / max s",
-                  "death (/proc): median / max s", "killed by", "target", "result"], rows)
+                  "death (/proc): median / max s", "ended by", "target", "result"], rows)
     print(NOTES)
 
 
 if __name__ == "__main__":
-    common.main(run, "Kill latency: a section's cap (or --timeout) to the worker's death")
+    common.main(run, "Kill latency: a section's cap (or --timeout) to its 504 or the worker's death")

@@ -15,13 +15,15 @@ from tests.timing import timed_get  # noqa: E402
 APP = "examples.demo_app:app"
 
 
-def outcome(status, took):
-    return f"{status} after {took:.1f} s" if status == 200 else f"KILLED ({status}) after {took:.1f} s"
-
-
-def show(srv, path, expect):
+def show(srv, path, expect, ended="KILLED"):
     status, took = timed_get(srv, path)
-    print(f"  GET {path:<8} -> {outcome(status, took):<32} {expect}")
+    outcome = f"{status} after {took:.1f} s" if status == 200 else \
+        f"{ended} ({status}) after {took:.1f} s"
+    print(f"  GET {path:<8} -> {outcome:<32} {expect}")
+
+
+def worker_pid(srv):
+    return re.search(r"worker (\d+)", srv.get("/pid").text).group(1)
 
 
 def main():
@@ -34,7 +36,12 @@ def main():
         show(srv, "/report", 'inside long_section("build report", cap=30): survives')
         show(srv, "/hang", "outside every section: killed at --timeout, as in stock")
         srv.wait_ready()
-        show(srv, "/stuck", 'long_section("call flaky upstream", cap=4): killed at its cap')
+        before = worker_pid(srv)
+        show(srv, "/stuck", 'long_section("call flaky upstream", cap=4): cancelled at its cap',
+             ended="CANCELLED")
+        after = worker_pid(srv)
+        print(f"  the worker that served /stuck (pid {before}) serves on: "
+              f"{'yes' if after == before else 'NO, pid ' + after}, its loaded app kept")
         time.sleep(0.5)
         log = srv.log()
     print("\n  The worker's log says which section, how long, the cap, and where it was stuck:")

@@ -1,5 +1,7 @@
 """The demo app: a slow startup, a long request, a hung request, a stuck section.
 
+Every response body names the worker's pid, so the demo can show which worker served.
+
     gunicorn -k heartworker.SyncWorker --timeout 2 examples.demo_app:app
 """
 
@@ -25,7 +27,7 @@ def app(environ, start_response):
         time.sleep(3600)              # outside every section: killed at --timeout
     elif path == "/stuck":
         with long_section("call flaky upstream", cap=4):
-            call_flaky_upstream()     # declared, but stuck: killed at its cap
+            call_flaky_upstream()     # declared, but stuck: cancelled at its cap (504)
     body = f"{path} done by worker {os.getpid()}\n".encode()
     start_response("200 OK", [("Content-Type", "text/plain"),
                               ("Content-Length", str(len(body)))])

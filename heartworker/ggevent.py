@@ -8,11 +8,10 @@ frame is on that stack.  Hence:
 
 * a greenlet that hogs the hub outside every section gets the worker killed
   at ``--timeout`` even while other greenlets wait inside sections;
-* a section whose deadline passes while its greenlet waits (the hub is free)
-  is cancelled alone: :class:`~heartworker.SectionCapExceeded` is thrown into
-  that greenlet, and every other connection keeps being served;
-* a section whose deadline passes while its greenlet blocks the hub gets the
-  worker aborted, as in the sync worker.
+* a section whose deadline passes is cancelled alone, and every other
+  connection keeps being served: :class:`~heartworker.SectionCapExceeded`
+  is thrown into its greenlet if it waits (the hub is free), or raised by a
+  signal handler where it runs if it blocks the hub.
 
 The guard never calls ``GeventWorker.notify()`` (it may ``sys.exit``); it
 learns whether the hub is free by posting a callback to the hub's loop
@@ -25,6 +24,7 @@ import gevent
 from greenlet import getcurrent
 from gunicorn.workers import ggevent
 
+from .answer import answer_timeout
 from .section import SectionCapExceeded
 from .stacks import format_stack
 from .worker import HeartWorkerMixin
@@ -52,23 +52,24 @@ class GeventFlavor:
         self.probe_seen = monotonic()
 
     # -- deadlines -------------------------------------------------------------
-    def on_deadline(self, guard, section, running, now):
-        message = guard.deadline_message(section, now)
-        if running:
-            guard.abort(message + " while its greenlet blocks the hub", guard.current_frame())
-            return "abort"
-        guard.log.critical("%s; cancelling its greenlet with SectionCapExceeded. Its stack "
-                           "(most recent call last):\n%s", message,
-                           format_stack(self.frame_of(section)))
-        guard.count("heartworker.cancel")
-        self.loop.run_callback_threadsafe(self._cancel, section, SectionCapExceeded(message))
-        return "cancelled"
+    def interrupt(self, guard, section, running):
+        if running:                         # it blocks the hub: interrupt it where it runs
+            guard.signal_serving_thread()
+        else:
+            self.loop.run_callback_threadsafe(self._cancel, guard, section.owner)
 
     @staticmethod
-    def _cancel(section, exc):              # runs in the hub
-        owner = section.owner
-        if not section.closed and not owner.dead:
-            owner.throw(exc)
+    def _cancel(guard, owner):              # runs in the hub
+        if owner.dead or guard.registry.updating_here():
+            return                          # (suspended mid-update: the guard tries again)
+        why = guard.take_cancellation(owner)
+        if why is not None:
+            owner.throw(SectionCapExceeded(why))
+
+    @staticmethod
+    def request_context():
+        """Where the current request's Gunicorn response is noted: its greenlet."""
+        return getcurrent()
 
     def frame_of(self, section):
         """Where a waiting section's greenlet is suspended."""
@@ -88,13 +89,24 @@ class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
         self.main_greenlet = getcurrent()   # runs init_process and then the serving loop
         return GeventFlavor(gevent.get_hub())
 
+    def handle_request(self, listener_name, req, sock, addr):
+        handled = super().handle_request(listener_name, req, sock, addr)
+        if handled is None and self.abort_cause is not None:
+            # Gunicorn's gevent worker swallowed the abort's SystemExit before any
+            # response byte was sent (it closes the connection otherwise): answer it.
+            answer_timeout(self, req, sock, addr, self.abort_cause)
+        return handled
+
     def handle_abort(self, sig, frame):
         """Gunicorn's abort (``worker_abort`` hook, then exit 1), made to end the process.
 
         The handler runs in whichever greenlet holds the hub, often a request's,
         where Gunicorn's gevent worker swallows ``SystemExit``; the worker would
-        then shut down gracefully instead of aborting.  So the exit is raised in
-        the main greenlet, from where it ends the process as ``sys.exit`` should.
+        then shut down gracefully instead of aborting.  So the exit is also raised,
+        from the hub's next callbacks, in the greenlet of the section the guard
+        aborts for (if it waits elsewhere) and then in the main greenlet, from
+        where it ends the process as ``sys.exit`` should.  The request greenlets
+        that get it first answer their clients (``504``, see ``answer.py``).
         """
         if self.guard is None or not self.guard.aborting:
             # The arbiter's WORKER TIMEOUT.  Unlike the sync worker's, Gunicorn's gevent
@@ -105,6 +117,9 @@ class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
             super().handle_abort(sig, frame)
         except SystemExit as exit_:
             main = self.main_greenlet
-            if main is not None and main is not getcurrent() and not main.dead:
-                main.throw(exit_)
+            loop = gevent.get_hub().loop
+            section = self.guard.abort_section if self.guard is not None else None
+            for greenlet in (section.owner if section is not None else None, main):
+                if greenlet is not None and greenlet is not getcurrent() and not greenlet.dead:
+                    loop.run_callback(greenlet.throw, exit_)   # in this order
             raise

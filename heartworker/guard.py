@@ -6,17 +6,28 @@ tick) or, while any section is open, for ``tick`` seconds at most.  Each time
 it wakes it
 
 1. aborts the worker if the arbiter is gone (an orphan must not live on);
-2. acts on every section whose deadline has passed: the flavour (sync or
-   gevent) either aborts the worker or cancels the one greenlet;
-3. applies :func:`heartworker.registry.vouch` to what it sees the serving
+2. acts on every section whose deadline has passed: it *cancels* the section
+   (below), or aborts the worker for a section opened with ``cancel=False``;
+3. aborts the worker if a cancelled section is still running ``grace``
+   seconds later (the backstop: C code holding the GIL, a swallowed
+   exception, a C call that does not return on a signal);
+4. applies :func:`heartworker.registry.vouch` to what it sees the serving
    thread doing.
 
-Aborting means: log at CRITICAL (section, elapsed, cap, stack), then
-SIGABRT delivered to the serving thread itself (``signal.pthread_kill``, so a
-thread blocked in a syscall is interrupted) and Gunicorn's ``handle_abort``
-runs the ``worker_abort`` hook.  If the worker still lives ``ABORT_GRACE``
-seconds later, the guard ends the process.  If the guard itself fails, it
-logs why and the worker falls back to stock Gunicorn behaviour.
+Cancelling means: log at CRITICAL (section, elapsed, cap, stack), then make
+:class:`~heartworker.SectionCapExceeded` be raised inside the section's code.
+The flavour says how: ``CANCEL_SIGNAL`` delivered to the serving thread
+(``signal.pthread_kill``, so that a thread blocked in a syscall is
+interrupted too), whose handler (``worker.handle_cancel``) raises only if the
+thread is running that section's code and no heartworker update is in
+progress; or, for a greenlet that waits, a throw from the hub.  Until the
+exception is raised, the guard sends the signal again on every look.
+
+Aborting means: log at CRITICAL, then SIGABRT delivered to the serving
+thread itself, and Gunicorn's ``handle_abort`` runs the ``worker_abort``
+hook.  If the worker still lives ``ABORT_GRACE`` seconds later, the guard
+ends the process.  If the guard itself fails, it logs why and the worker
+falls back to stock Gunicorn behaviour.
 """
 
 import os
@@ -29,12 +40,14 @@ from .registry import LOCK_WAIT
 from .stacks import format_stack
 
 ABORT_GRACE = 1.0
+CANCEL_SIGNAL = signal.SIGRTMIN + 6   # no other use in Gunicorn; real-time: never merged away
+RESEND = 0.02      # seconds between cancellation signals that found nothing to interrupt
 IDLE_TICK = 1.0
 LONGEST_WAIT = 3600.0
 
 
 class Guard:
-    def __init__(self, registry, flavor, *, tick, ppid, log, aftermath=None):
+    def __init__(self, registry, flavor, *, tick, ppid, log, grace=1.0, aftermath=None):
         self.registry = registry
         self.flavor = flavor
         self.tick = tick
@@ -43,7 +56,10 @@ class Guard:
         self.aftermath = aftermath
         self.startup = None        # the startup section, while it is open
         self.startup_note = None   # () -> what a startup past its cap adds to the log line
+        self.grace = grace         # from a cancellation to the abort (HEARTWORKER_CANCEL_GRACE)
         self.overdue = []          # [(escalate_at, Section)] being cancelled
+        self.abort_cause = None    # what the worker's 504 says when the guard aborts
+        self.abort_section = None  # the section it aborts for, if any
         self._bell = native.allocate_lock()
         self._bell.acquire()
         self.aborting = False
@@ -102,19 +118,31 @@ class Guard:
                        self.current_frame())
             return
         frame = self.current_frame()
+        undelivered = False
+        for _, section in self.overdue:
+            if section.why is not None and not section.delivered and not section.closed:
+                undelivered = True     # its last signal found nothing to interrupt: again
+                self.flavor.interrupt(self, section, reg.inside_section(frame, section))
         for section, innermost in due:
             target = self.live_one(frame, innermost, section, now)
             if target is None:
                 continue
             running = reg.inside_section(frame, target)
-            if self.flavor.on_deadline(self, target, running, now) == "abort":
+            where = frame if running else self.flavor.frame_of(target)
+            message = self.deadline_message(target, now)
+            if not target.cancel:
+                self.abort(message + " (the section has cancel=False)", where, target)
                 return
-            self.overdue.append((now + ABORT_GRACE, section))   # cancelled: ABORT_GRACE to leave
+            for cancelled in (target, section) if target is not section else (target,):
+                cancelled.why = message.replace("heartworker: ", "", 1)
+                self.overdue.append((now + self.grace, cancelled))   # `grace` to end
+            self.cancel(target, message, where, running)
+            undelivered = True
         for escalate_at, section in self.overdue:
             if not section.closed and escalate_at <= now:
                 running = reg.inside_section(frame, section)
                 self.abort(self.overdue_message(section, now),
-                           frame if running else self.flavor.frame_of(section))
+                           frame if running else self.flavor.frame_of(section), section)
                 return
         self.overdue = [(t, s) for t, s in self.overdue if not s.closed]
         with reg.region(self.lock_wait()) as held:
@@ -125,6 +153,8 @@ class Guard:
             wake = min(wake, reg.deadline_of(earliest))
         for escalate_at, _ in self.overdue:
             wake = min(wake, escalate_at)
+        if undelivered:
+            wake = min(wake, now + RESEND)
         reg.next_wake = wake
 
     def live_one(self, frame, innermost, section, now):
@@ -190,7 +220,7 @@ class Guard:
     # -- messages and the abort ------------------------------------------------
     def deadline_message(self, section, now):
         reg = self.registry
-        elapsed = now - section.started
+        elapsed = max(0.0, now - section.started)
         if reg.limit < section.deadline:
             why = "ran past the graceful timeout after SIGTERM"
         elif section.bound is not None:
@@ -209,7 +239,39 @@ class Guard:
         return (f"heartworker: section {section.describe()} is still running "
                 f"{now - self.registry.deadline_of(section):.2f} s after its deadline "
                 f"({now - section.started:.2f} s elapsed, cap {section.cap:g} s) "
-                f"although it was cancelled")
+                f"although it was cancelled: the cancellation did not take "
+                f"(HEARTWORKER_CANCEL_GRACE={self.grace:g})")
+
+    def cancel(self, section, message, frame, running):
+        """Log, then have SectionCapExceeded raised in the section's code; the worker lives."""
+        self.log.critical("%s; cancelling the section (SectionCapExceeded; the worker lives "
+                          "on). Its stack (most recent call last):\n%s", message,
+                          format_stack(frame))
+        self.count("heartworker.cancel")
+        self.flavor.interrupt(self, section, running)
+
+    def take_cancellation(self, owner, frame=None):
+        """The message to raise in ``owner``'s code now, or None (called where it runs).
+
+        The cancelled sections of one owner (a section and the nested one that
+        ran out of time with it) unwind together: one exception, raised once,
+        inside them (``frame``: where the owner runs now; None: it waits).
+        """
+        reg = self.registry
+        pending = [s for _, s in list(self.overdue)
+                   if s.owner is owner and s.why is not None and not s.closed
+                   and (frame is None or reg.inside_section(frame, s))]
+        if not pending or any(s.delivered for s in pending):
+            return None
+        for section in pending:
+            section.delivered = True
+        return pending[0].why
+
+    def signal_serving_thread(self):
+        try:
+            signal.pthread_kill(self.registry.tid, CANCEL_SIGNAL)
+        except (OSError, ValueError):
+            pass
 
     def count(self, metric):
         """Count an event in statsd, when Gunicorn's logger is its statsd logger."""
@@ -217,9 +279,14 @@ class Guard:
         if increment is not None:
             increment(metric, 1)
 
-    def abort(self, message, frame):
-        """Log, then abort the worker the way Gunicorn's arbiter would; never returns normally."""
+    def abort(self, message, frame, section=None):
+        """Log, then abort the worker the way Gunicorn's arbiter would; never returns normally.
+
+        ``section`` is the one it is aborted for, if any (its request is answered first).
+        """
         self.aborting = True
+        self.abort_section = section
+        self.abort_cause = message.replace("heartworker: ", "", 1)
         # The serving thread may be busy in Python: without this, every write of the
         # log below would wait a 5 ms switch interval for the GIL.  The process is ending.
         sys.setswitchinterval(1e-4)

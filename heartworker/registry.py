@@ -101,9 +101,9 @@ class Section:
     """
 
     __slots__ = ("registry", "name", "cap", "deadline", "owner", "frame", "code", "started",
-                 "in_heap", "closed", "bound")
+                 "in_heap", "closed", "bound", "cancel", "why", "delivered")
 
-    def __init__(self, registry, name, cap, deadline, owner, frame, started):
+    def __init__(self, registry, name, cap, deadline, owner, frame, started, cancel=True):
         self.registry = registry
         self.name = name
         self.cap = cap
@@ -115,6 +115,9 @@ class Section:
         self.in_heap = False
         self.closed = False
         self.bound = None
+        self.cancel = cancel      # False: its deadline aborts the worker instead
+        self.why = None           # the cancellation's message, once the guard cancels it
+        self.delivered = False    # SectionCapExceeded was raised in it (once, never again)
 
     def describe(self):
         if self.name:
@@ -156,7 +159,7 @@ class Registry:
         self.seq = 0              # breaks deadline ties in the heap
 
     # -- the serving thread (hot path: regions written out inline) -------------------
-    def enter(self, name, cap, frame, started=None):
+    def enter(self, name, cap, frame, started=None, cancel=True):
         """Open a section for the current owner; return it, or None if it is not ours to vouch."""
         if not self.enabled or self.get_ident() != self.tid:
             return None
@@ -165,7 +168,7 @@ class Registry:
         if started is None:
             started = monotonic()
         owner = self.owner() if self.owner is not None else None
-        section = Section(self, name, cap, started + cap, owner, frame, started)
+        section = Section(self, name, cap, started + cap, owner, frame, started, cancel)
         with self.lock:           # `with`, `try`: an exception from a signal handler
             if self.busy:         # (a finalizer, mid-update on this thread: vouch for nothing)
                 return None       # can never leave the lock held or `busy` set
@@ -264,6 +267,14 @@ class Registry:
         same steps out with ``with self.lock`` instead.
         """
         return _Region(self, wait)
+
+    def updating_here(self):
+        """Is this thread (its current greenlet, or one suspended there) in a region?
+
+        An exception raised asynchronously (a cancellation) must wait while it is.
+        ``_is_owned`` is the C ``RLock``'s own test, as ``threading.Condition`` uses.
+        """
+        return self.busy and self.lock._is_owned()
 
     def _end(self):
         """Close what was deferred and clear ``busy`` (lock held); return what it closed."""

@@ -71,11 +71,14 @@ def anchor(frame):
 
 
 class SectionCapExceeded(BaseException):
-    """Raised inside a section whose deadline passed while its greenlet was waiting (gevent).
+    """Raised inside a section at its deadline: the section is cancelled, the worker lives.
 
-    Like ``gevent.Timeout`` and trio's ``Cancelled`` it derives from
-    BaseException, so that ``except Exception`` in application code does not
-    swallow it.  A section that keeps running anyway gets the worker aborted.
+    Like mod_wsgi's ``RequestTimeout``, trio's ``Cancelled`` and
+    ``KeyboardInterrupt``, it derives from BaseException, so that ``except
+    Exception`` in application code (and Flask's or Django's error handlers)
+    does not swallow it; ``finally`` blocks and context managers run.  The
+    worker answers the request with ``504 Gateway Timeout``.  A section still
+    running ``HEARTWORKER_CANCEL_GRACE`` seconds later gets the worker aborted.
     """
 
 
@@ -83,7 +86,10 @@ class long_section:
     """Declare that the code inside may run longer than Gunicorn's ``--timeout``.
 
     ``name`` appears in logs; ``cap`` is the hard cap in seconds (default: the
-    ``HEARTWORKER_SECTION_CAP`` setting).  Sections nest; a nested section's
+    ``HEARTWORKER_SECTION_CAP`` setting).  At its deadline the section is
+    cancelled (:class:`SectionCapExceeded` is raised inside it); with
+    ``cancel=False`` the worker is aborted instead, as for a section that
+    does not end after its cancellation.  Sections nest; a nested section's
     deadline is never later than its enclosing one's.
 
         with long_section("load model", cap=3600):
@@ -97,13 +103,14 @@ class long_section:
     decorated functions are safe to call concurrently and recursively.
     """
 
-    __slots__ = ("name", "cap", "_open")
+    __slots__ = ("name", "cap", "cancel", "_open")
 
-    def __init__(self, name=None, *, cap=None):
+    def __init__(self, name=None, *, cap=None, cancel=True):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"long_section name must be a str, not {type(name).__name__}")
         self.name = name
         self.cap = cap if cap is None else check_cap(cap)
+        self.cancel = bool(cancel)
         self._open = None
 
     def __enter__(self):
@@ -113,7 +120,8 @@ class long_section:
         if registry is None:
             self._open = _OUTSIDE
         else:
-            self._open = registry.enter(self.name, self.cap, anchor(sys._getframe(1))) or _OUTSIDE
+            self._open = registry.enter(self.name, self.cap, anchor(sys._getframe(1)),
+                                        cancel=self.cancel) or _OUTSIDE
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -126,15 +134,14 @@ class long_section:
     def __call__(self, func):
         if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
             raise TypeError("long_section decorates plain (sync) functions only")
-        name = self.name or func.__qualname__
-        cap = self.cap
+        name, cap, cancel = self.name or func.__qualname__, self.cap, self.cancel
 
         @functools.wraps(func)
         def in_section(*args, **kwargs):
-            with long_section(name, cap=cap):
+            with long_section(name, cap=cap, cancel=cancel):
                 return func(*args, **kwargs)
 
         return in_section
 
     def __repr__(self):
-        return f"long_section({self.name!r}, cap={self.cap!r})"
+        return f"long_section({self.name!r}, cap={self.cap!r}, cancel={self.cancel!r})"

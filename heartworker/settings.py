@@ -14,10 +14,12 @@ from collections import namedtuple
 
 SECTION_CAP = "HEARTWORKER_SECTION_CAP"
 STARTUP_CAP = "HEARTWORKER_STARTUP_CAP"
+CANCEL_GRACE = "HEARTWORKER_CANCEL_GRACE"
 
 DEFAULTS = {
     SECTION_CAP: 600.0,   # a request's long section: ten minutes
     STARTUP_CAP: 900.0,   # app loading and boot hooks: fifteen minutes
+    CANCEL_GRACE: 1.0,    # from cancelling a section to aborting the worker if it goes on
 }
 
 
@@ -61,8 +63,9 @@ def check_cap(cap, what="cap"):
     return float(cap)
 
 
-class Settings(namedtuple("Settings", "section_cap startup_cap",
-                          defaults=(DEFAULTS[SECTION_CAP], DEFAULTS[STARTUP_CAP]))):
+class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace",
+                          defaults=(DEFAULTS[SECTION_CAP], DEFAULTS[STARTUP_CAP],
+                                    DEFAULTS[CANCEL_GRACE]))):
     """The validated settings of one worker."""
 
     __slots__ = ()
@@ -77,4 +80,5 @@ class Settings(namedtuple("Settings", "section_cap startup_cap",
             raw = raw_env.get(name, environ.get(name))
             return DEFAULTS[name] if raw is None else parse_seconds(name, raw)
 
-        return cls(section_cap=get(SECTION_CAP), startup_cap=get(STARTUP_CAP))
+        return cls(section_cap=get(SECTION_CAP), startup_cap=get(STARTUP_CAP),
+                   cancel_grace=get(CANCEL_GRACE))

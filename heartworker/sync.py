@@ -6,7 +6,7 @@ from .worker import HeartWorkerMixin
 
 
 class SyncFlavor:
-    """One serving thread, one stack of sections; a deadline aborts the worker."""
+    """One serving thread, one stack of sections, one request at a time."""
 
     owner = None   # the serving thread owns every section
 
@@ -14,9 +14,13 @@ class SyncFlavor:
         # The sync worker's loop proves itself alive through notify() only.
         return None
 
-    def on_deadline(self, guard, section, running, now):
-        guard.abort(guard.deadline_message(section, now), guard.current_frame())
-        return "abort"
+    def interrupt(self, guard, section, running):
+        """Running or blocked in a syscall, the serving thread is interrupted where it is."""
+        guard.signal_serving_thread()
+
+    def request_context(self):
+        """Where the current request's Gunicorn response is noted (see worker.py)."""
+        return self
 
     def frame_of(self, section):
         return section.frame

@@ -6,6 +6,7 @@ plus a *flavour* (see ``sync.py`` and ``ggevent.py``) that says who owns a
 section, whether the serving loop is free, and what to do at a deadline.
 """
 
+import signal
 import sys
 from time import monotonic
 
@@ -13,10 +14,11 @@ from gunicorn.arbiter import Arbiter
 
 from . import native
 from .aftermath import Aftermath, ordinal, shared_dir
-from .guard import Guard
+from .answer import answer_timeout, noting_response, response_started
+from .guard import CANCEL_SIGNAL, Guard
 from .heartbeat import Heartbeat, check_protocol
 from .registry import Registry
-from .section import activate
+from .section import SectionCapExceeded, activate
 from .settings import STARTUP_CAP, SettingError, Settings
 
 
@@ -36,7 +38,8 @@ class HeartWorkerMixin:
         super().__init__(*args, **kwargs)
         # Runs in the arbiter, before fork: nothing here may change the process.
         self.spawned_at = monotonic()
-        self.heart = self.guard = self.startup = self.aftermath = None
+        self.heart = self.guard = self.startup = self.aftermath = self.flavor = None
+        self.abort_cause = None   # why the worker is being aborted, for the 504
         self.heart_settings = None
         self.heart_problem = check_protocol(self.tmp)
         try:
@@ -69,6 +72,7 @@ class HeartWorkerMixin:
 
     def init_signals(self):
         super().init_signals()
+        signal.signal(CANCEL_SIGNAL, self.handle_cancel)
         if self.aftermath_dir is not None:
             self.aftermath = Aftermath(self.aftermath_dir, self.log)
             self.aftermath.collect()        # stacks left by a worker killed with the GIL held
@@ -78,6 +82,8 @@ class HeartWorkerMixin:
         if self.heart is None and self.heart_settings is not None:
             self.start_heart(sys._getframe(1))
         super().load_wsgi()
+        if self.flavor is not None:
+            self.wsgi = noting_response(self.wsgi, self.flavor.request_context)
 
     def start_heart(self, frame):
         """Create the registry and the guard, and open the startup section."""
@@ -92,12 +98,12 @@ class HeartWorkerMixin:
                             default_cap=settings.section_cap, window=self.cfg.timeout,
                             owner=flavor.owner)
         guard = Guard(registry, flavor, tick=guard_tick(self.cfg.timeout), ppid=self.ppid,
-                      log=self.log, aftermath=self.aftermath)
+                      log=self.log, grace=settings.cancel_grace, aftermath=self.aftermath)
         # The startup began at spawn: time spent in post_fork counts against its cap.
         self.startup = registry.enter("startup", settings.startup_cap, frame,
                                       started=self.spawned_at)
         guard.startup, guard.startup_note = self.startup, self.startup_note
-        self.heart, self.guard = registry, guard
+        self.heart, self.guard, self.flavor = registry, guard, flavor
         guard.start()
         activate(registry)
 
@@ -133,4 +139,33 @@ class HeartWorkerMixin:
         # faulthandler just wrote would print the same stacks a second time.
         if self.aftermath is not None:
             self.aftermath.discard()
+        guard = self.guard
+        if guard is not None and guard.aborting:
+            self.abort_cause = guard.abort_cause
+        else:
+            self.abort_cause = f"the request ran longer than --timeout ({self.cfg.timeout:g} s)"
         super().handle_abort(sig, frame)
+
+    def handle_cancel(self, sig, frame):
+        """CANCEL_SIGNAL: raise SectionCapExceeded if ``frame`` runs a cancelled section's code.
+
+        Only once per section, only inside it, and never in the middle of
+        heartworker's own update (the guard sends the signal again).
+        """
+        reg = self.heart
+        if reg is None or reg.updating_here():
+            return
+        why = self.guard.take_cancellation(reg.owner() if reg.owner else None, frame)
+        if why is not None:
+            raise SectionCapExceeded(why)
+
+    def handle_error(self, req, client, addr, exc):
+        if req is not None:
+            if isinstance(exc, SectionCapExceeded):
+                started = response_started(self.flavor.request_context(), req)
+                return answer_timeout(self, req, client, addr, str(exc), started=started)
+            if isinstance(exc, SystemExit) and self.abort_cause is not None:
+                by_arbiter = self.guard is None or not self.guard.aborting
+                return answer_timeout(self, req, client, addr, self.abort_cause,
+                                      exc if by_arbiter else None)
+        return super().handle_error(req, client, addr, exc)

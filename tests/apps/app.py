@@ -36,6 +36,16 @@ def stuck_in_section():
         time.sleep(3600)
 
 
+def read_that_never_returns():
+    import socket
+    a, b = socket.socketpair()        # nobody ever writes to b; no timeout
+    try:
+        a.recv(1)
+    finally:
+        a.close()
+        b.close()
+
+
 def hang_outside():
     while True:
         time.sleep(3600)
@@ -254,7 +264,7 @@ def route(path, q):
         with long_section(name or "request", cap=cap):
             time.sleep(s)
     elif path == "/section_busy":
-        with long_section(name or "busy", cap=cap):
+        with long_section(name or "busy", cap=cap, cancel=bool(q("cancel", 1))):
             busy_outside(s)
     elif path == "/section_gil":
         with long_section(name or "gil", cap=cap):
@@ -264,14 +274,28 @@ def route(path, q):
             time.sleep(s)
             hold_gil(q("gil", 30.0))
     elif path == "/section_hang":
-        with long_section(name or "stuck", cap=cap):
+        with long_section(name or "stuck", cap=cap, cancel=bool(q("cancel", 1))):
             stuck_in_section()
+    elif path == "/section_churn":
+        with long_section("churning", cap=cap):
+            while True:                 # most of the time inside heartworker's own updates
+                with long_section("inner", cap=60):
+                    pass
+    elif path == "/section_recv":
+        with long_section(name or "upstream read", cap=cap):
+            read_that_never_returns()
     elif path == "/section_stubborn":
         with long_section(name or "stubborn", cap=cap):
             try:
                 stuck_in_section()
             except BaseException:       # swallows the cancellation and carries on
                 stuck_in_section()
+    elif path == "/section_stubborn_gil":
+        with long_section(name or "stubborn", cap=cap):
+            try:
+                stuck_in_section()
+            except BaseException:       # swallows the cancellation, then holds the GIL
+                hold_gil(q("gil", 30.0))
     elif path == "/section_then_hang":
         with long_section("before hang", cap=cap):
             time.sleep(s)
@@ -333,10 +357,19 @@ def stream_then_hang(start_response):
     hang_outside()
 
 
+def stream_then_stuck_in_section(start_response, cap):
+    with long_section("streaming", cap=cap):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"first chunk\n"
+        stuck_in_section()
+
+
 def app(environ, start_response):
     query = parse_qs(environ.get("QUERY_STRING", ""))
     if environ.get("PATH_INFO") == "/stream_then_hang":
         return stream_then_hang(start_response)
+    if environ.get("PATH_INFO") == "/stream_section":
+        return stream_then_stuck_in_section(start_response, float(query["cap"][0]))
 
     def q(key, default, kind=float):
         return kind(query[key][0]) if key in query else default

@@ -1,0 +1,67 @@
+"""What the client gets when its request is ended by a deadline: ``504 Gateway Timeout``.
+
+A request ends this way when heartworker cancels its section
+(:class:`~heartworker.SectionCapExceeded` reaches the worker: Flask's and
+Django's error handlers catch ``Exception`` only), or when the worker is
+aborted for a timeout (the guard's SIGABRT, or the arbiter's: Gunicorn's
+``handle_abort`` raises ``SystemExit``).  Proxies and client SDKs read 504 as
+"the upstream timed out", which is what happened, and may retry; a 500 reads
+as an application crash.
+
+* No response byte sent yet: ``504`` with ``Connection: close`` and a short
+  plain-text body naming the cause (the section and its cap, or
+  ``--timeout``), and a line in the access log.
+* The response had started: nothing is written (a second status line would
+  corrupt the stream); the connection is closed and the client sees a
+  truncated response.  Gunicorn itself does this for ``SystemExit``; for a
+  cancellation, :func:`noting_response` keeps track of the response of the
+  running request so that :func:`response_started` can tell.
+"""
+
+from datetime import datetime
+
+from gunicorn import util
+from gunicorn.http.wsgi import Response, default_environ
+
+
+def noting_response(app, context):
+    """Wrap the WSGI app: note its Gunicorn response on ``context()`` (the request's owner)."""
+
+    def app_noting_its_response(environ, start_response):
+        context().heartworker_response = getattr(start_response, "__self__", None)
+        return app(environ, start_response)
+
+    return app_noting_its_response
+
+
+def response_started(context, req):
+    resp = getattr(context, "heartworker_response", None)
+    return resp is not None and resp.req is req and resp.headers_sent
+
+
+def answer_timeout(worker, req, client, addr, cause, exc=None, started=False):
+    """Answer ``req`` with a 504 naming ``cause``, unless its response had ``started``.
+
+    ``exc``: log its traceback too (where the request was when it was ended),
+    for the endings that no heartworker CRITICAL line has shown already.
+    """
+    worker.log.warning("heartworker: %s %s ended: %s", req.method, req.uri, cause,
+                       exc_info=exc)
+    if started:
+        return                  # the caller closes the connection: a truncated response
+    body = f"Gateway Timeout: {cause}\n".encode("utf-8")
+    head = ("HTTP/1.1 504 Gateway Timeout\r\n"
+            "Connection: close\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    try:
+        util.write_nonblock(client, head + body)
+    except Exception:
+        worker.log.debug("heartworker: failed to send the 504")
+    addr = addr or ("", -1)
+    environ = default_environ(req, client, worker.cfg)
+    environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = addr[0], str(addr[1])
+    resp = Response(req, client, worker.cfg)
+    resp.status = "504 Gateway Timeout"
+    resp.response_length = len(body)
+    worker.log.access(resp, req, environ, datetime.now() - datetime.now())

@@ -1,0 +1,133 @@
+"""Cancel first, abort as the backstop (issue 10), against real Gunicorn, in both workers.
+
+At a section's deadline SectionCapExceeded is raised inside it: the request
+ends alone with a 504 naming the section, and the worker (with its loaded
+app) serves on.  A section still running HEARTWORKER_CANCEL_GRACE seconds
+later, or one opened with cancel=False, gets the worker aborted as before.
+"""
+
+import socket
+
+import pytest
+import requests
+
+from tests.timing import killed, timed_get
+
+TIMEOUT = 2
+MARGIN = 3.0
+
+
+def assert_504(r, *words):
+    assert r.status_code == 504, (r.status_code, r.text)
+    assert r.headers["Connection"] == "close"
+    assert r.headers["Content-Type"].startswith("text/plain")
+    for word in words:
+        assert word in r.text, r.text
+
+
+@pytest.mark.parametrize("path,name", [
+    ("/section_hang?cap=2", "stuck"),                 # time.sleep
+    ("/section_recv?cap=2", "upstream read"),         # a socket read with no timeout
+    ("/section_busy?s=60&cap=2", "busy"),             # Python code (gevent: blocking the hub)
+])
+def test_a_section_past_its_cap_is_cancelled_and_the_worker_lives(start, path, name):
+    srv = start()
+    pid = srv.get("/pid").text
+    r = srv.get(path)
+    assert_504(r, f"section '{name}' ran past its cap", "cap 2 s")
+    assert srv.get("/pid").text == pid, "the same worker serves on"
+    assert srv.get("/section?s=3&cap=10").status_code == 200, "and its sections still vouch"
+    log = srv.log()
+    assert f"section '{name}' ran past its cap" in log and "cancelling the section" in log
+    assert "WORKER TIMEOUT" not in log and "aborting worker" not in log
+
+
+def test_a_cancellation_never_lands_inside_heartworkers_own_updates(start):
+    srv = start()
+    pid = srv.get("/pid").text
+    for _ in range(3):          # the signal often arrives mid-update: it waits, then lands
+        # (at the deadline the loop is usually in its inner section, clipped to 'churning')
+        assert_504(srv.get("/section_churn?cap=1"), "'churning'", "cap 1 s")
+    assert srv.get("/pid").text == pid and "aborting worker" not in srv.log()
+    assert srv.get("/section_busy?s=3&cap=10").status_code == 200, "the registry is sound"
+    status, took = timed_get(srv, "/busy?s=30")
+    assert killed(status) and took < TIMEOUT + MARGIN, "and nothing vouches outside sections"
+
+
+def test_a_section_that_swallows_its_cancellation_is_aborted_after_the_grace(start):
+    srv = start(env={"HEARTWORKER_CANCEL_GRACE": "1.5"})
+    pid = srv.get("/pid").text
+    status, took = timed_get(srv, "/section_stubborn?cap=2")
+    assert status == 504 and 3.5 <= took < 3.5 + MARGIN
+    assert srv.wait_for_log(r"section 'stubborn' is still running [\d.]+ s after its deadline "
+                            r".* the cancellation did not take \(HEARTWORKER_CANCEL_GRACE=1.5\); "
+                            r"aborting worker"), srv.log()
+    srv.wait_ready()
+    assert srv.get("/pid").text != pid
+
+
+def test_cancel_false_aborts_the_worker_at_the_cap(start):
+    srv = start()
+    pid = srv.get("/pid").text
+    r = srv.get("/section_hang?cap=2&cancel=0")
+    assert_504(r, "section 'stuck' ran past its cap", "cancel=False")
+    assert srv.wait_for_log(r"\(the section has cancel=False\); aborting worker"), srv.log()
+    srv.wait_ready()
+    assert srv.get("/pid").text != pid
+
+
+def test_a_request_outside_sections_is_killed_at_timeout_and_answered_504(start):
+    srv = start()
+    # Under gevent a request that waits is never timed out: block the hub instead.
+    r = srv.get("/busy?s=30" if "Gevent" in srv.worker else "/hang")
+    assert_504(r, "the request ran longer than --timeout (2 s)")
+    assert "WORKER TIMEOUT" in srv.log()
+
+
+def test_a_cancelled_streaming_response_is_truncated_without_a_second_status_line(start):
+    srv = start()
+    pid = srv.get("/pid").text
+    with requests.get(srv.url("/stream_section?cap=2"), stream=True, timeout=30) as r:
+        assert r.status_code == 200
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            body = b"".join(r.iter_content(None))
+            assert b"504" not in body
+    assert srv.wait_for_log("section 'streaming' ran past its cap")
+    assert srv.get("/pid").text == pid
+
+
+def test_a_gil_held_section_past_its_cap_still_ends_by_the_arbiter(each_worker):
+    srv = each_worker(timeout=1)
+    status, took = timed_get(srv, "/section_gil?s=30&cap=1.5")
+    assert killed(status) and 1.5 <= took < 1.5 + 1 + MARGIN
+    assert "WORKER TIMEOUT" in srv.log()
+
+
+def test_a_swallowed_cancellation_then_the_gil_held_still_ends_by_cap_plus_timeout(each_worker):
+    # The guard cannot run to apply the grace: the standing vouch (the cap) bounds it.
+    srv = each_worker(timeout=1, env={"HEARTWORKER_CANCEL_GRACE": "5"})
+    status, took = timed_get(srv, "/section_stubborn_gil?cap=1.5&gil=30")
+    assert killed(status) and 1.5 <= took < 1.5 + 1 + MARGIN, srv.log()
+    assert "cancelling the section" in srv.log() and "WORKER TIMEOUT" in srv.log()
+
+
+def test_cancellations_are_counted_in_statsd(start):
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(10)
+    try:
+        srv = start(args=["--statsd-host", f"127.0.0.1:{udp.getsockname()[1]}"])
+        assert srv.get("/section_hang?cap=1").status_code == 504
+        packets = []
+        while not any(b"heartworker.cancel" in p for p in packets):
+            packets.append(udp.recv(4096))
+        assert b"heartworker.cancel:1|c" in b"\n".join(packets)
+    finally:
+        udp.close()
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "1e19"])
+def test_an_invalid_cancel_grace_refuses_to_boot(start, value):
+    srv = start(ready=False, env={"HEARTWORKER_CANCEL_GRACE": value})
+    assert srv.proc.wait(20) != 0
+    assert f"invalid setting: HEARTWORKER_CANCEL_GRACE={value!r}" in srv.log()
