@@ -15,10 +15,11 @@ as an application crash.
   corrupt the stream); the connection is closed and the client sees a
   truncated response.  Gunicorn itself does this for ``SystemExit``; for a
   cancellation, :func:`noting_response` keeps track of the response of the
-  running request so that :func:`response_started` can tell.
+  running request so that :func:`answer_timeout` can tell.
 """
 
-from datetime import datetime
+from datetime import timedelta
+from time import monotonic
 
 from gunicorn import util
 from gunicorn.http.wsgi import Response, default_environ
@@ -28,26 +29,33 @@ def noting_response(app, context):
     """Wrap the WSGI app: note its Gunicorn response on ``context()`` (the request's owner)."""
 
     def app_noting_its_response(environ, start_response):
-        context().heartworker_response = getattr(start_response, "__self__", None)
+        here = context()
+        here.heartworker_response = getattr(start_response, "__self__", None)
+        here.heartworker_started = monotonic()
         return app(environ, start_response)
 
     return app_noting_its_response
 
 
-def response_started(context, req):
+def noted_response(context, req):
+    """The Gunicorn response of ``req`` and when its app was called, as noted on ``context``."""
     resp = getattr(context, "heartworker_response", None)
-    return resp is not None and resp.req is req and resp.headers_sent
+    if resp is None or resp.req is not req:
+        return None, None
+    return resp, context.heartworker_started
 
 
-def answer_timeout(worker, req, client, addr, cause, exc=None, started=False):
-    """Answer ``req`` with a 504 naming ``cause``, unless its response had ``started``.
+def answer_timeout(worker, req, client, addr, cause, exc=None):
+    """Answer ``req`` with a 504 naming ``cause``, unless its response had started.
 
     ``exc``: log its traceback too (where the request was when it was ended),
     for the endings that no heartworker CRITICAL line has shown already.
     """
     worker.log.warning("heartworker: %s %s ended: %s", req.method, req.uri, cause,
                        exc_info=exc)
-    if started:
+    noted, started = (noted_response(worker.flavor.request_context(), req)
+                      if worker.flavor is not None else (None, None))
+    if noted is not None and noted.headers_sent:
         return                  # the caller closes the connection: a truncated response
     body = f"Gateway Timeout: {cause}\n".encode("utf-8")
     head = ("HTTP/1.1 504 Gateway Timeout\r\n"
@@ -64,4 +72,5 @@ def answer_timeout(worker, req, client, addr, cause, exc=None, started=False):
     resp = Response(req, client, worker.cfg)
     resp.status = "504 Gateway Timeout"
     resp.response_length = len(body)
-    worker.log.access(resp, req, environ, datetime.now() - datetime.now())
+    took = timedelta(seconds=monotonic() - started) if started is not None else timedelta(0)
+    worker.log.access(resp, req, environ, took)

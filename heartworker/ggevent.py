@@ -60,7 +60,7 @@ class GeventFlavor:
 
     @staticmethod
     def _cancel(guard, owner):              # runs in the hub
-        if owner.dead or guard.registry.updating_here():
+        if owner.dead or not guard.registry.interruptible(owner.gr_frame):
             return                          # (suspended mid-update: the guard tries again)
         why = guard.take_cancellation(owner)
         if why is not None:
@@ -85,15 +85,19 @@ class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
 
     main_greenlet = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.aborted_greenlets = set()   # the greenlets whose requests the abort ended
+
     def make_flavor(self):
         self.main_greenlet = getcurrent()   # runs init_process and then the serving loop
         return GeventFlavor(gevent.get_hub())
 
     def handle_request(self, listener_name, req, sock, addr):
         handled = super().handle_request(listener_name, req, sock, addr)
-        if handled is None and self.abort_cause is not None:
-            # Gunicorn's gevent worker swallowed the abort's SystemExit before any
-            # response byte was sent (it closes the connection otherwise): answer it.
+        if getcurrent() in self.aborted_greenlets:
+            # Gunicorn's gevent worker swallowed the abort's SystemExit, raised in this
+            # greenlet's request (see handle_abort): answer it.
             answer_timeout(self, req, sock, addr, self.abort_cause)
         return handled
 
@@ -116,10 +120,11 @@ class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
         try:
             super().handle_abort(sig, frame)
         except SystemExit as exit_:
-            main = self.main_greenlet
             loop = gevent.get_hub().loop
             section = self.guard.abort_section if self.guard is not None else None
-            for greenlet in (section.owner if section is not None else None, main):
+            owner = section.owner if section is not None else None
+            self.aborted_greenlets.update((getcurrent(), owner))
+            for greenlet in dict.fromkeys((owner, self.main_greenlet)):   # in this order
                 if greenlet is not None and greenlet is not getcurrent() and not greenlet.dead:
-                    loop.run_callback(greenlet.throw, exit_)   # in this order
+                    loop.run_callback(greenlet.throw, exit_)
             raise

@@ -20,8 +20,8 @@ The flavour says how: ``CANCEL_SIGNAL`` delivered to the serving thread
 (``signal.pthread_kill``, so that a thread blocked in a syscall is
 interrupted too), whose handler (``worker.handle_cancel``) raises only if the
 thread is running that section's code and no heartworker update is in
-progress; or, for a greenlet that waits, a throw from the hub.  Until the
-exception is raised, the guard sends the signal again on every look.
+progress; or, for a greenlet that waits, a throw from the hub.  While the
+section runs on, the guard sends the signal again every ``RESEND`` seconds.
 
 Aborting means: log at CRITICAL, then SIGABRT delivered to the serving
 thread itself, and Gunicorn's ``handle_abort`` runs the ``worker_abort``
@@ -41,7 +41,7 @@ from .stacks import format_stack
 
 ABORT_GRACE = 1.0
 CANCEL_SIGNAL = signal.SIGRTMIN + 6   # no other use in Gunicorn; real-time: never merged away
-RESEND = 0.02      # seconds between cancellation signals that found nothing to interrupt
+RESEND = 0.02      # seconds between cancellation signals while a cancelled section runs on
 IDLE_TICK = 1.0
 LONGEST_WAIT = 3600.0
 
@@ -121,7 +121,7 @@ class Guard:
         undelivered = False
         for _, section in self.overdue:
             if section.why is not None and not section.delivered and not section.closed:
-                undelivered = True     # its last signal found nothing to interrupt: again
+                undelivered = True     # still running: signal again (see take_cancellation)
                 self.flavor.interrupt(self, section, reg.inside_section(frame, section))
         for section, innermost in due:
             target = self.live_one(frame, innermost, section, now)
@@ -132,6 +132,11 @@ class Guard:
             message = self.deadline_message(target, now)
             if not target.cancel:
                 self.abort(message + " (the section has cancel=False)", where, target)
+                return
+            if self.startup is not None and not self.startup.closed:
+                # No request to end yet, and Gunicorn's boot code above the app's would
+                # not expect an exception: during startup a deadline aborts, as it did.
+                self.abort(message, where, target)
                 return
             for cancelled in (target, section) if target is not section else (target,):
                 cancelled.why = message.replace("heartworker: ", "", 1)
@@ -253,15 +258,23 @@ class Guard:
     def take_cancellation(self, owner, frame=None):
         """The message to raise in ``owner``'s code now, or None (called where it runs).
 
-        The cancelled sections of one owner (a section and the nested one that
-        ran out of time with it) unwind together: one exception, raised once,
-        inside them (``frame``: where the owner runs now; None: it waits).
+        ``frame``: where the owner runs now (the signal's handler, which has made
+        sure no cancellation is being handled there).  The exception is raised for
+        the innermost cancelled section the code is inside, and again on the next
+        signal for as long as code goes on inside one: as with trio's cancel
+        scopes, code that catches a cancellation cannot outlive the deadline.
+        ``frame`` None: the owner is a waiting greenlet, whose exception state
+        cannot be seen; it gets one exception for all its cancelled sections.
         """
         reg = self.registry
         pending = [s for _, s in list(self.overdue)
                    if s.owner is owner and s.why is not None and not s.closed
                    and (frame is None or reg.inside_section(frame, s))]
-        if not pending or any(s.delivered for s in pending):
+        if not pending:
+            return None
+        if frame is not None:
+            return max(pending, key=lambda s: s.started).why
+        if any(s.delivered for s in pending):
             return None
         for section in pending:
             section.delivered = True

@@ -40,6 +40,10 @@ from time import monotonic
 from . import native
 
 INF = math.inf
+# heartworker's modules whose code updates or reads the sections (the decorator's
+# wrapper, `in_section`, runs the decorated function: that is the section's code).
+_BOOKKEEPING = frozenset({"heartworker.section", "heartworker.registry", "heartworker.guard",
+                          "heartworker.heartbeat", "heartworker.native"})
 LOCK_WAIT = 1.0   # seconds the guard waits for the lock before it treats the holder as stuck
 
 
@@ -117,7 +121,7 @@ class Section:
         self.bound = None
         self.cancel = cancel      # False: its deadline aborts the worker instead
         self.why = None           # the cancellation's message, once the guard cancels it
-        self.delivered = False    # SectionCapExceeded was raised in it (once, never again)
+        self.delivered = False    # a waiting greenlet got its SectionCapExceeded (once)
 
     def describe(self):
         if self.name:
@@ -268,13 +272,25 @@ class Registry:
         """
         return _Region(self, wait)
 
-    def updating_here(self):
-        """Is this thread (its current greenlet, or one suspended there) in a region?
+    def interruptible(self, frame):
+        """May an exception be raised asynchronously in ``frame``, this thread's code now?
 
-        An exception raised asynchronously (a cancellation) must wait while it is.
-        ``_is_owned`` is the C ``RLock``'s own test, as ``threading.Condition`` uses.
+        Not while this thread is in a region (``_is_owned`` is the C ``RLock``'s own
+        test, as ``threading.Condition`` uses), nor anywhere in heartworker's own
+        bookkeeping around one: a section registered but not yet handed to its
+        ``with``, or closed in the books but not in its ``long_section``, would be
+        left open for good.  A cancellation found here waits for the next try.
         """
-        return self.busy and self.lock._is_owned()
+        if self.busy and self.lock._is_owned():
+            return False
+        while frame is not None:
+            module = frame.f_globals.get("__name__", "")
+            if not module.startswith("heartworker."):
+                return True
+            if module in _BOOKKEEPING and frame.f_code.co_name != "in_section":
+                return False
+            frame = frame.f_back
+        return True
 
     def _end(self):
         """Close what was deferred and clear ``busy`` (lock held); return what it closed."""

@@ -14,7 +14,7 @@ from gunicorn.arbiter import Arbiter
 
 from . import native
 from .aftermath import Aftermath, ordinal, shared_dir
-from .answer import answer_timeout, noting_response, response_started
+from .answer import answer_timeout, noting_response
 from .guard import CANCEL_SIGNAL, Guard
 from .heartbeat import Heartbeat, check_protocol
 from .registry import Registry
@@ -149,12 +149,14 @@ class HeartWorkerMixin:
     def handle_cancel(self, sig, frame):
         """CANCEL_SIGNAL: raise SectionCapExceeded if ``frame`` runs a cancelled section's code.
 
-        Only once per section, only inside it, and never in the middle of
-        heartworker's own update (the guard sends the signal again).
+        Only inside it, never in heartworker's own bookkeeping, and never while
+        a cancellation is being handled here (a ``finally`` or ``except`` block
+        as one unwinds): the guard sends the signal again while it runs on.
         """
         reg = self.heart
-        if reg is None or reg.updating_here():
-            return
+        if reg is None or not reg.interruptible(frame) \
+                or isinstance(sys.exc_info()[1], SectionCapExceeded):
+            return                  # (or one is being handled here: after it, if still due)
         why = self.guard.take_cancellation(reg.owner() if reg.owner else None, frame)
         if why is not None:
             raise SectionCapExceeded(why)
@@ -162,8 +164,7 @@ class HeartWorkerMixin:
     def handle_error(self, req, client, addr, exc):
         if req is not None:
             if isinstance(exc, SectionCapExceeded):
-                started = response_started(self.flavor.request_context(), req)
-                return answer_timeout(self, req, client, addr, str(exc), started=started)
+                return answer_timeout(self, req, client, addr, str(exc))
             if isinstance(exc, SystemExit) and self.abort_cause is not None:
                 by_arbiter = self.guard is None or not self.guard.aborting
                 return answer_timeout(self, req, client, addr, self.abort_cause,

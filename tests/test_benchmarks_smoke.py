@@ -18,7 +18,7 @@ pytest.importorskip("gevent", reason="the benchmarks compare the gevent workers 
 SCRIPTS = {   # script: a column of the table it prints
     "throughput.py": "ratio (median)",
     "section_cost.py": "vs nullcontext us",
-    "kill_latency.py": "killed by",
+    "kill_latency.py": "ended by",
     "idle_cost.py": "extra RSS MiB",
     "boot_time.py": "ratio of medians",
 }

@@ -7,6 +7,7 @@ later, or one opened with cancel=False, gets the worker aborted as before.
 """
 
 import socket
+import threading
 
 import pytest
 import requests
@@ -52,6 +53,43 @@ def test_a_cancellation_never_lands_inside_heartworkers_own_updates(start):
     assert srv.get("/section_busy?s=3&cap=10").status_code == 200, "the registry is sound"
     status, took = timed_get(srv, "/busy?s=30")
     assert killed(status) and took < TIMEOUT + MARGIN, "and nothing vouches outside sections"
+
+
+def test_a_cancellation_is_never_raised_outside_its_section(start):
+    srv = start()
+    pid = srv.get("/pid").text
+    r = srv.get("/cancelled_in_a_loop?cap=0.1&n=20")
+    assert r.status_code == 200 and r.text == "caught 20, open 0", (r.text, srv.log())
+    assert srv.get("/pid").text == pid
+    log = srv.log()
+    assert "no longer counts" not in log and "aborting worker" not in log
+
+
+def test_catching_an_inner_cancellation_does_not_outlive_the_outer_deadline(start):
+    srv = start()
+    pid = srv.get("/pid").text
+    status, took = timed_get(srv, "/items_with_their_own_cap?cap=2.5")
+    if "Gevent" in srv.worker:
+        # A waiting greenlet gets one exception, and the loop swallowed it: the backstop.
+        assert status == 504 and 3.5 <= took < 3.5 + MARGIN
+        assert "the cancellation did not take" in srv.log()
+    else:
+        # Raised again at each item while the request runs on past its deadline, the
+        # loop ends long before its 10 items would (and before the grace's abort).
+        assert status in (200, 504) and 2.5 <= took < 3.4, (status, took, srv.log())
+        assert srv.get("/pid").text == pid and "did not take" not in srv.log()
+
+
+def test_a_startup_past_its_cap_is_still_aborted_with_the_hook(start, tmp_path):
+    conf = tmp_path / "conf.py"
+    conf.write_text("def worker_abort(worker):\n"
+                    "    worker.log.info('worker_abort hook ran')\n")
+    srv = start(ready=False, args=["-c", str(conf)],
+                env={"APP_STARTUP_HANG": "1", "HEARTWORKER_STARTUP_CAP": "1.5"})
+    assert srv.wait_for_log(r"section 'startup' ran past its cap[^\n]*aborting worker",
+                            timeout=15), srv.log()
+    assert srv.wait_for_log("worker_abort hook ran"), srv.log()
+    assert "SectionCapExceeded" not in srv.log()
 
 
 def test_a_section_that_swallows_its_cancellation_is_aborted_after_the_grace(start):
@@ -131,3 +169,54 @@ def test_an_invalid_cancel_grace_refuses_to_boot(start, value):
     srv = start(ready=False, env={"HEARTWORKER_CANCEL_GRACE": value})
     assert srv.proc.wait(20) != 0
     assert f"invalid setting: HEARTWORKER_CANCEL_GRACE={value!r}" in srv.log()
+
+
+def raw_get(srv, path, timeout=15):
+    """GET over a raw socket; return everything the server sent until it closed."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def test_no_504_after_a_complete_response(server, tmp_path):
+    # A post_request hook that hangs, outside every section, after the 200 was sent.
+    conf = tmp_path / "conf.py"
+    conf.write_text("import time\n"
+                    "def post_request(worker, req, environ, resp):\n"
+                    "    if req.path == '/pid':\n"
+                    "        return\n"
+                    "    time.sleep(3600)\n")
+    srv = server(timeout=TIMEOUT, args=["-c", str(conf)])
+    data = raw_get(srv, "/sleep?s=0")
+    assert data.startswith(b"HTTP/1.1 200") and data.count(b"HTTP/1.1 ") == 1, data
+
+
+def test_the_504_is_in_the_access_log_with_its_request_time(start):
+    srv = start(args=["--access-logfile", "-", "--access-logformat", "ACCESS %(s)s %(T)s"])
+    assert srv.get("/section_hang?cap=2").status_code == 504
+    assert srv.wait_for_log(r"ACCESS 504 2\b"), srv.log()
+
+
+def test_gevent_an_abort_answers_only_the_requests_it_ended(gevent_server, tmp_path):
+    conf = tmp_path / "conf.py"
+    conf.write_text("import gevent\n"
+                    "def worker_abort(worker):\n"
+                    "    gevent.sleep(0.5)          # a hook that yields: other requests run\n")
+    srv = gevent_server(timeout=TIMEOUT, args=["-c", str(conf)])
+    other = {}
+    thread = threading.Thread(target=lambda: other.update(data=raw_get(srv, "/sleep?s=1.2")))
+    thread.start()
+    r = srv.get("/section_busy?s=60&cap=1&cancel=0")
+    thread.join(20)
+    assert r.status_code == 504
+    data = other["data"]
+    assert data.startswith(b"HTTP/1.1 200") and data.count(b"HTTP/1.1 ") == 1, data

@@ -158,6 +158,35 @@ def frozen_in_update(cap):
     return b"the GC never started inside an update"
 
 
+def cancelled_in_a_loop(cap, n):
+    """Sections cancelled while they churn through heartworker's bookkeeping, caught outside."""
+    from heartworker import SectionCapExceeded
+    caught = 0
+    for _ in range(n):
+        try:
+            with long_section("churning", cap=cap):
+                while True:
+                    with long_section("inner", cap=60):
+                        pass
+        except SectionCapExceeded:
+            caught += 1
+        time.sleep(0.05)                # outside every section: nothing may be raised here
+    registry = sys.modules["heartworker.section"]._active
+    return f"caught {caught}, open {registry.open}".encode()
+
+
+def items_with_their_own_cap(outer_cap):
+    """A per-item section inside the request's; an item that is cancelled is skipped."""
+    from heartworker import SectionCapExceeded
+    with long_section("request", cap=outer_cap):
+        for _ in range(10):
+            try:
+                with long_section("item", cap=10):
+                    time.sleep(1)
+            except SectionCapExceeded:
+                pass                    # skip the item: the request goes on, if it may
+
+
 def fork_sections(seconds):
     """A forked child keeps entering sections while its parent hogs the CPU outside them."""
     pid = os.fork()
@@ -281,6 +310,10 @@ def route(path, q):
             while True:                 # most of the time inside heartworker's own updates
                 with long_section("inner", cap=60):
                     pass
+    elif path == "/cancelled_in_a_loop":
+        return cancelled_in_a_loop(cap, int(q("n", 20)))
+    elif path == "/items_with_their_own_cap":
+        items_with_their_own_cap(cap)
     elif path == "/section_recv":
         with long_section(name or "upstream read", cap=cap):
             read_that_never_returns()
