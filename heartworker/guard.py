@@ -192,9 +192,11 @@ class Guard:
         due = []
         earliest = reg.earliest(held)
         while earliest is not None and reg.deadline_of(earliest) <= now:
-            due.append((earliest, reg.innermost(earliest)))
-            if not held:
+            if not held:          # only read: the heap keeps it, so act on it once
+                if earliest.why is None:
+                    due.append((earliest, reg.innermost(earliest)))
                 break
+            due.append((earliest, reg.innermost(earliest)))
             reg.pop_earliest()
             earliest = reg.earliest()
         return due

