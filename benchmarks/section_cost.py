@@ -1,4 +1,5 @@
-"""Section cost: enter+exit of ``long_section`` vs ``contextlib.nullcontext()``, in-process.
+"""Section cost: enter+exit of ``long_section`` vs ``contextlib.nullcontext()``, in-process;
+and the cost of ``heartworker.progress()``.
 
     python benchmarks/section_cost.py [--quick]
 
@@ -29,7 +30,7 @@ import common  # noqa: E402
 from heartworker import native  # noqa: E402
 from heartworker.heartbeat import Heartbeat  # noqa: E402
 from heartworker.registry import Registry  # noqa: E402
-from heartworker.section import activate, long_section  # noqa: E402
+from heartworker.section import activate, long_section, progress  # noqa: E402
 
 CAP, SHORTER_CAP, OPEN_GREENLETS = 600, 60, 10_000
 
@@ -94,6 +95,27 @@ def nested_shorter(n):
     nested(n, SHORTER_CAP)
 
 
+def stall_loop(n):
+    for _ in range(n):
+        with long_section("x", cap=CAP, stall=SHORTER_CAP):
+            pass
+
+
+def progress_outside(n):
+    for _ in range(n):
+        progress("step")
+
+
+def progress_in(n, stall=None):
+    with long_section("outer", cap=CAP, stall=stall):
+        for _ in range(n):
+            progress("step")
+
+
+def progress_in_stall(n):
+    progress_in(n, SHORTER_CAP)
+
+
 def measure(cases, quick):
     """{name: [seconds per op of each batch]}, the cases taking turns batch by batch."""
     batch, batches = (200, 40) if quick else (1000, 400)
@@ -117,6 +139,10 @@ def sync_cases(quick):
                         "long_section, outermost": section_loop,
                         "long_section, nested (same cap)": nested,
                         "long_section, nested (shorter cap)": nested_shorter,
+                        "long_section, outermost, with stall": stall_loop,
+                        "progress(), no section open": progress_outside,
+                        "progress(), in a section": progress_in,
+                        "progress(), in a section with stall": progress_in_stall,
                         "reference: one heartbeat write (os.utime)": heartbeat_write}, quick)
 
 
@@ -164,7 +190,8 @@ def run(args):
             rows.append([process, name, f"{med:.3f}", f"{common.percentile(values, 90):.3f}",
                          f"{med - base:+.3f}", target, ok])
     print(f"# {len(next(iter(results[0][1].values())))} batches per case; "
-          f"cap {CAP} s, shorter cap {SHORTER_CAP} s; times in microseconds per enter+exit")
+          f"cap {CAP} s, shorter cap and stall {SHORTER_CAP} s; times in microseconds per "
+          f"enter+exit (per call for progress())")
     common.table(["process", "case", "median us", "p90 us", "vs nullcontext us",
                   "target", "result"], rows)
 
@@ -173,6 +200,8 @@ def target_of(name, med, samples):
     if "10,000 open" in name and "long_section" in name:
         one = common.median(samples[name.replace("10,000 open", "1 open")])
         return f"no growth (1 open: {one:.3f})", common.verdict(med <= one * 1.10)
+    if name.startswith("progress()"):
+        return "", ""
     if "outermost" in name:
         return "<= 2 us", common.verdict(med <= 2.0)
     if "nested" in name:

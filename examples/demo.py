@@ -28,11 +28,16 @@ def worker_pid(srv):
 
 def main():
     work = tempfile.mkdtemp(prefix="heartworker-demo-")
-    print(f"$ gunicorn -k heartworker.SyncWorker --timeout 2 {APP}   # the app takes 5 s to start")
+    env = {"HEARTWORKER_STARTUP_STALL": "2", "HEARTWORKER_REPORT_EVERY": "2"}
+    print("$ HEARTWORKER_STARTUP_STALL=2 HEARTWORKER_REPORT_EVERY=2 \\\n"
+          f"  gunicorn -k heartworker.SyncWorker --timeout 2 {APP}   # 5 s to start, in 5 phases")
     start = time.monotonic()
-    with Server(work, app=APP, worker="heartworker.SyncWorker", timeout=2) as srv:
+    with Server(work, app=APP, worker="heartworker.SyncWorker", timeout=2, env=env) as srv:
         print(f"  booted and serving after {time.monotonic() - start:.1f} s "
-              "(startup runs in heartworker's startup section)")
+              "(startup runs in heartworker's startup section; each phase reports progress)")
+        for line in re.findall(r"heartworker: (?:section 'startup' running|startup took).*",
+                               srv.log()):
+            print(f"    log: {line}")
         show(srv, "/report", 'inside long_section("build report", cap=30): survives')
         show(srv, "/hang", "outside every section: killed at --timeout, as in stock")
         srv.wait_ready()
@@ -42,6 +47,8 @@ def main():
         after = worker_pid(srv)
         print(f"  the worker that served /stuck (pid {before}) serves on: "
               f"{'yes' if after == before else 'NO, pid ' + after}, its loaded app kept")
+        show(srv, "/export", 'long_section("export rows", cap=60, stall=2): progress stops '
+             'after 1.5 s, cancelled 2 s later', ended="CANCELLED")
         time.sleep(0.5)
         log = srv.log()
     print("\n  The worker's log says which section, how long, the cap, and where it was stuck:")
@@ -51,6 +58,10 @@ def main():
     stack = log[m.end():].split("\n[")[0].rstrip().splitlines()
     print("  " + m.group(0))
     print("\n".join("  " + line for line in stack[-4:]))
+    m = re.search(r"^.*\[CRITICAL\] heartworker: section 'export rows'.*?cap \d+ s", log, re.M)
+    if not m:
+        sys.exit("demo failed: no CRITICAL line for the stalled export:\n" + log)
+    print("  " + m.group(0))
 
     print(f"\n$ gunicorn -k sync --timeout 2 {APP}   # stock Gunicorn, for comparison")
     with Server(work, app=APP, worker="sync", timeout=2) as srv:

@@ -11,11 +11,11 @@ The worker classes are imported lazily, so ``import heartworker`` in an
 application costs nothing and needs neither Gunicorn's workers nor gevent.
 """
 
-from .section import SectionCapExceeded, long_section
+from .section import SectionCapExceeded, long_section, progress
 from .settings import SettingError
 
 __version__ = "0.1.0"
-__all__ = ["long_section", "SectionCapExceeded", "SettingError", "SyncWorker", "GeventWorker"]
+__all__ = ["long_section", "progress", "SectionCapExceeded", "SettingError", "SyncWorker", "GeventWorker"]
 
 
 def __getattr__(name):

@@ -36,7 +36,9 @@ import sys
 from time import monotonic
 
 from . import native
-from .registry import LOCK_WAIT
+from .registry import INF, LOCK_WAIT
+from .report import last_progress
+from .settings import STARTUP_CAP, STARTUP_STALL
 from .stacks import format_stack
 
 ABORT_GRACE = 1.0
@@ -47,15 +49,17 @@ LONGEST_WAIT = 3600.0
 
 
 class Guard:
-    def __init__(self, registry, flavor, *, tick, ppid, log, grace=1.0, aftermath=None):
+    def __init__(self, registry, flavor, *, tick, ppid, log, grace=1.0, aftermath=None,
+                 watch=None):
         self.registry = registry
         self.flavor = flavor
         self.tick = tick
         self.ppid = ppid
         self.log = log
         self.aftermath = aftermath
+        self.watch = watch         # report lines, process title, saved count (report.py)
         self.startup = None        # the startup section, while it is open
-        self.startup_note = None   # () -> what a startup past its cap adds to the log line
+        self.startup_note = None   # (setting, value) -> what a startup past it adds to the log
         self.grace = grace         # from a cancellation to the abort (HEARTWORKER_CANCEL_GRACE)
         self.overdue = []          # [(escalate_at, Section)] being cancelled
         self.abort_cause = None    # what the worker's 504 says when the guard aborts
@@ -107,6 +111,7 @@ class Guard:
             is_open = reg.open
             due = self.take_due(now, held) if is_open else ()
             earliest = reg.earliest(held) if is_open else None
+            look_at = self.watch.look(now) if held and self.watch is not None else INF
         if not is_open:
             self.overdue.clear()
             with reg.region(self.lock_wait()) as held:   # withdraws what the last section left standing
@@ -129,7 +134,9 @@ class Guard:
                 continue
             running = reg.inside_section(frame, target)
             where = frame if running else self.flavor.frame_of(target)
-            message = self.deadline_message(target, now)
+            message = self.deadline_message(target, section, now)
+            if reg.stalled(section):
+                self.count("heartworker.stall")
             if not target.cancel:
                 self.abort(message + " (the section has cancel=False)", where, target)
                 return
@@ -146,7 +153,7 @@ class Guard:
         for escalate_at, section in self.overdue:
             if not section.closed and escalate_at <= now:
                 running = reg.inside_section(frame, section)
-                self.abort(self.overdue_message(section, now),
+                self.abort(self.overdue_message(section, escalate_at - self.grace, now),
                            frame if running else self.flavor.frame_of(section), section)
                 return
         self.overdue = [(t, s) for t, s in self.overdue if not s.closed]
@@ -160,6 +167,7 @@ class Guard:
             wake = min(wake, escalate_at)
         if undelivered:
             wake = min(wake, now + RESEND)
+        wake = min(wake, look_at)
         reg.next_wake = wake
 
     def live_one(self, frame, innermost, section, now):
@@ -225,26 +233,38 @@ class Guard:
         return sys._current_frames().get(self.registry.tid)
 
     # -- messages and the abort ------------------------------------------------
-    def deadline_message(self, section, now):
+    def deadline_message(self, section, due, now):
+        """The CRITICAL line's first part: ``section`` ends because ``due``'s deadline passed.
+
+        ``due`` is ``section`` itself, or a section enclosing it.
+        """
         reg = self.registry
         elapsed = max(0.0, now - section.started)
-        if reg.limit < section.deadline:
-            why = "ran past the graceful timeout after SIGTERM"
-        elif section.bound is not None:
-            bound = section.bound
-            why = (f"ran past the deadline of its enclosing section {bound.describe()} "
-                   f"(cap {bound.cap:g} s)")
-        else:
-            why = "ran past its cap"
         note = ""
-        if (section.bound or section) is self.startup and reg.limit >= section.deadline:
-            note = self.startup_note()          # the startup cap is too small, or it hangs
+        if reg.limit < min(due.deadline, due.stall_at):
+            why = "ran past the graceful timeout after SIGTERM"
+        elif reg.stalled(due):
+            quiet = (f"no progress for {now - due.progress_at:.2f} s "
+                     f"(stall limit {due.stall:g} s; {last_progress(due, now)})")
+            why = (f"made {quiet}" if due is section else
+                   f"is in section {due.describe()}, which made {quiet}")
+            if due is self.startup:
+                note = self.startup_note(STARTUP_STALL, due.stall)
+        else:
+            bound = section.bound or (due if due is not section else None)
+            if bound is not None:
+                why = (f"ran past the deadline of its enclosing section {bound.describe()} "
+                       f"(cap {bound.cap:g} s)")
+            else:
+                why = "ran past its cap"
+            if (bound or section) is self.startup:
+                note = self.startup_note(STARTUP_CAP, self.startup.cap)   # too small, or a hang
         return (f"heartworker: section {section.describe()} {why}: "
                 f"{elapsed:.2f} s elapsed, cap {section.cap:g} s{note}")
 
-    def overdue_message(self, section, now):
+    def overdue_message(self, section, cancelled_at, now):
         return (f"heartworker: section {section.describe()} is still running "
-                f"{now - self.registry.deadline_of(section):.2f} s after its deadline "
+                f"{now - cancelled_at:.2f} s after its deadline "
                 f"({now - section.started:.2f} s elapsed, cap {section.cap:g} s) "
                 f"although it was cancelled: the cancellation did not take "
                 f"(HEARTWORKER_CANCEL_GRACE={self.grace:g})")
@@ -310,6 +330,8 @@ class Guard:
         self.count("heartworker.abort")
         if self.aftermath is not None:
             self.aftermath.disable_dump()   # the stack is logged already
+        if signal.getsignal(signal.SIGABRT) in (signal.SIG_DFL, None):
+            os._exit(1)         # before Gunicorn's handlers (post_fork): no core dump, no hook
         try:
             signal.pthread_kill(self.registry.tid, signal.SIGABRT)
         except (OSError, ValueError):

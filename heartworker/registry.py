@@ -35,6 +35,7 @@ copy into a no-op with a fresh lock, before any code of the child runs.
 
 import heapq
 import math
+import sys
 from time import monotonic
 
 from . import native
@@ -98,16 +99,20 @@ class Section:
 
     ``deadline`` is absolute (``time.monotonic()``): ``started + cap``, or the
     enclosing section's deadline if that comes first (then ``bound`` is the
-    outermost section whose deadline it is).  The registry's graceful
-    ``limit`` may bring it nearer still (see :meth:`Registry.deadline_of`).
+    outermost section whose deadline it is).  Two more bounds may bring it
+    nearer (see :meth:`Registry.deadline_of`): the *stall* deadline
+    ``stall_at``, which is the last progress (or the entry) plus ``stall``
+    and moves later at each progress; and the registry's graceful ``limit``.
+    The earliest of the three is the section's deadline, whatever it ends at.
     ``frame`` is the *anchor*: the frame whose presence on the owner's stack
     means "running inside this section" (see ``section.anchor``).
     """
 
     __slots__ = ("registry", "name", "cap", "deadline", "owner", "frame", "code", "started",
-                 "in_heap", "closed", "bound", "cancel", "why", "delivered")
+                 "in_heap", "closed", "bound", "cancel", "why", "delivered", "stall")
 
-    def __init__(self, registry, name, cap, deadline, owner, frame, started, cancel=True):
+    def __init__(self, registry, name, cap, deadline, owner, frame, started, cancel=True,
+                 stall=None):
         self.registry = registry
         self.name = name
         self.cap = cap
@@ -122,6 +127,25 @@ class Section:
         self.cancel = cancel      # False: its deadline aborts the worker instead
         self.why = None           # the cancellation's message, once the guard cancels it
         self.delivered = False    # a waiting greenlet got its SectionCapExceeded (once)
+        self.stall = stall        # longest time without progress (None: no limit)
+
+    # Progress is its owner's (see Registry.progress): read it from there.
+    @property
+    def progress_at(self):
+        """The owner's last progress since this section began, or the entry."""
+        last = self.registry.progressed.get(self.owner)
+        return self.started if last is None or last[0] < self.started else last[0]
+
+    @property
+    def note(self):
+        """The owner's last progress note, or None."""
+        last = self.registry.progressed.get(self.owner)
+        return None if last is None else last[1]
+
+    @property
+    def stall_at(self):
+        """When the stall limit ends it: last progress + ``stall`` (inf with no limit)."""
+        return INF if self.stall is None else self.progress_at + self.stall
 
     def describe(self):
         if self.name:
@@ -161,9 +185,15 @@ class Registry:
         self.next_wake = INF      # when the guard will next look; maintained by the guard
         self.ring = _nothing      # wakes the guard; set by the guard
         self.seq = 0              # breaks deadline ties in the heap
+        self.stalls = 0           # open sections with a stall limit
+        self.progressed = {}      # owner -> (monotonic, note) of its last progress
+        # A cancellation signal found this thread in the bookkeeping: `land(frame)`
+        # raises it where the bookkeeping returns to the section's code.
+        self.cancel_waits = False
+        self.land = _nothing_at
 
     # -- the serving thread (hot path: regions written out inline) -------------------
-    def enter(self, name, cap, frame, started=None, cancel=True):
+    def enter(self, name, cap, frame, started=None, cancel=True, stall=None):
         """Open a section for the current owner; return it, or None if it is not ours to vouch."""
         if not self.enabled or self.get_ident() != self.tid:
             return None
@@ -172,7 +202,7 @@ class Registry:
         if started is None:
             started = monotonic()
         owner = self.owner() if self.owner is not None else None
-        section = Section(self, name, cap, started + cap, owner, frame, started, cancel)
+        section = Section(self, name, cap, started + cap, owner, frame, started, cancel, stall)
         with self.lock:           # `with`, `try`: an exception from a signal handler
             if self.busy:         # (a finalizer, mid-update on this thread: vouch for nothing)
                 return None       # can never leave the lock held or `busy` set
@@ -180,10 +210,15 @@ class Registry:
                 self.busy = True
                 self._open(section)
             finally:
-                done = self._end()
+                if self.deferred:
+                    done = self._end()
+                else:             # (the usual case, inline)
+                    self.busy = False
+                    done = ()
         if done:
             _release_frames(done)
-        if section.deadline < self.next_wake:
+        if section.deadline < self.next_wake or \
+                stall is not None and section.stall_at < self.next_wake:
             self.ring()
         return section
 
@@ -199,10 +234,51 @@ class Registry:
                 self.busy = True
                 self._close(section)
             finally:
-                done = self._end()
+                if self.deferred:
+                    done = self._end()
+                else:             # (the usual case, inline)
+                    self.busy = False
+                    done = ()
         section.frame = None      # outside the region: this may free the caller's locals
         if done:
             _release_frames(done)
+
+    def progress(self, note=None, section=None):
+        """Progress for the current owner's sections (or for ``section``'s owner): cheap.
+
+        Progress is recorded per owner (``progressed``), so every open section
+        of the owner counts it (the innermost and the ones enclosing it: their
+        work moves too), and each one's stall deadline moves to now + its
+        ``stall``.  The heap is left as it is (an entry there may only be
+        early; the guard re-files it, see ``earliest``).
+        The standing vouch moves too when a stall limit is what bounds it;
+        the heartbeat file is written at most once, and not at all while
+        what it says already covers the new window.
+        """
+        if not self.enabled or self.get_ident() != self.tid:
+            return
+        owner = section.owner if section is not None else (
+            self.owner() if self.owner is not None else None)
+        with self.lock:
+            if self.busy:         # a finalizer or handler, mid-update on this thread
+                return
+            try:
+                self.busy = True
+                stack = self.stacks.get(owner)
+                if stack:
+                    self.progressed[owner] = (monotonic(), note)
+                    if self.stalls:
+                        self._stand(self._standing_after(owner, stack))
+            finally:
+                if self.deferred:
+                    done = self._end()
+                else:             # (the usual case, inline)
+                    self.busy = False
+                    done = ()
+        if done:
+            _release_frames(done)
+        if self.cancel_waits:     # (frames: this, long_section's or the module's progress)
+            self.land(sys._getframe(2))
 
     def beat(self, notify):
         """Run Gunicorn's ``notify()``: the serving loop is alive now.
@@ -223,6 +299,23 @@ class Registry:
             else:
                 # Gunicorn's notify() just overwrote the standing vouch with "now".
                 self._write(max(now, self.standing))
+
+    def adopt(self, owner):
+        """Sections are owned by ``owner()`` from now on (None: the serving thread).
+
+        The worker class's flavour is installed after the startup section
+        opened: the serving thread's open sections become the current owner's.
+        """
+        with self.region() as held:
+            if not held:
+                return
+            stack = self.stacks.pop(None, None)
+            current = owner() if owner is not None else None
+            if stack:
+                for section in stack:
+                    section.owner = current
+                self.stacks[current] = stack
+            self.owner = owner
 
     def set_limit(self, limit):
         """No deadline may pass ``limit`` (the graceful timeout).  Safe in a signal handler.
@@ -258,6 +351,7 @@ class Registry:
         self.busy = False
         self.deferred = []
         self.ring = _nothing
+        self.cancel_waits, self.land = False, _nothing_at   # the parent's guard is not here
         self.heartbeat.close()
 
     # -- regions ---------------------------------------------------------------
@@ -307,7 +401,14 @@ class Registry:
 
     # -- the guard -----------------------------------------------------------
     def deadline_of(self, section):
-        return min(section.deadline, self.limit)
+        """When ``section`` must end: its (clipped) cap, its stall deadline, the graceful limit."""
+        if section.stall is None:
+            return min(section.deadline, self.limit)
+        return min(section.deadline, section.stall_at, self.limit)
+
+    def stalled(self, section):
+        """Is it the stall limit (rather than a cap or the graceful limit) that ``section`` hit?"""
+        return section.stall is not None and section.stall_at <= min(section.deadline, self.limit)
 
     def earliest(self, held=True):
         """The open section with the earliest deadline, or None.
@@ -318,11 +419,20 @@ class Registry:
         """
         heap = self.heap
         if not held:
-            return min((item for item in list(heap) if not item[2].closed), default=(None,) * 3)[2]
-        while heap and heap[0][2].closed:
-            heapq.heappop(heap)
-            self.closed_in_heap -= 1
-        return heap[0][2] if heap else None
+            return min((s for _, _, s in list(heap) if not s.closed),
+                       key=self.deadline_of, default=None)
+        while heap:
+            key, _, section = heap[0]
+            if section.closed:
+                heapq.heappop(heap)
+                self.closed_in_heap -= 1
+            elif key < self.deadline_of(section):
+                # Progress moved its stall deadline later: re-file it (keys are never late).
+                self.seq += 1
+                heapq.heapreplace(heap, (self.deadline_of(section), self.seq, section))
+            else:
+                return section
+        return None
 
     def innermost(self, section):
         """The innermost open section of ``section``'s owner: it is due when ``section`` is.
@@ -333,8 +443,9 @@ class Registry:
         ran out of time is the innermost.  Call in a region.
         """
         stack = self.stacks.get(section.owner)
-        if stack and stack[-1].deadline <= section.deadline:
-            return stack[-1]
+        if stack and (stack[-1].deadline <= section.deadline
+                      or self.inside_section(stack[-1].frame, section)):
+            return stack[-1]      # (the second: a stall, any section nested in its code)
         return section
 
     def pop_earliest(self):
@@ -409,10 +520,12 @@ class Registry:
             # Clipped to the enclosing deadline: that section's heap entry stands for
             # this one too while it is open (see innermost() and _close()).  Only a
             # section whose code encloses this one's clips it: not one left open in a
-            # suspended generator.
+            # suspended generator.  One with a stall limit keeps its own entry.
             enclosing = stack[-1]
             section.deadline = enclosing.deadline
             section.bound = enclosing.bound or enclosing
+            if section.stall is not None:
+                self._push(section)
         else:
             self._push(section)
         stack.append(section)
@@ -420,9 +533,13 @@ class Registry:
         entries = self.entry_frames
         entries[key] = entries.get(key, 0) + 1
         self.open += 1
+        deadline = section.deadline
+        if section.stall is not None:
+            self.stalls += 1
+        if self.stalls:
+            deadline = self._stall_bound(stack, deadline)
         # The standing vouch: exact with one owner, the latest deadline with several
         # (another owner's section is open, so a standing vouch exists).
-        deadline = section.deadline
         self._stand(deadline if len(stacks) == 1 else max(deadline, self.standing))
 
     def _close(self, section):
@@ -446,6 +563,8 @@ class Registry:
                     break
         if not stack and section.owner in self.stacks:
             del self.stacks[section.owner]
+            if self.progressed:
+                self.progressed.pop(section.owner, None)
         key = id(section.frame)
         entries = self.entry_frames
         left = entries.get(key, 1) - 1
@@ -454,6 +573,8 @@ class Registry:
         else:
             entries.pop(key, None)
         self.open -= 1
+        if section.stall is not None:
+            self.stalls -= 1
         if not self.open:
             # The vouch stands until the next heartbeat or guard step withdraws it.
             self.heap.clear()
@@ -471,12 +592,30 @@ class Registry:
                 self.closed_in_heap = 0
         if len(self.stacks) == 1:
             # One owner left: its innermost deadline is exact again.
-            self._stand(next(iter(self.stacks.values()))[-1].deadline)
+            owner, stack = next(iter(self.stacks.items()))
+            self._stand(self._standing_after(owner, stack))
+
+    def _standing_after(self, owner, stack):
+        """The standing vouch once ``owner``'s ``stack`` changed: see ``_open``."""
+        deadline = stack[-1].deadline
+        if self.stalls:
+            deadline = self._stall_bound(stack, deadline)
+        return deadline if len(self.stacks) == 1 else max(deadline, self.standing)
+
+    @staticmethod
+    def _stall_bound(stack, deadline):
+        """``deadline`` (the innermost's, clipped to the enclosing caps), or an earlier
+        stall deadline of the stack: a GIL-holding call must not outlive a stall."""
+        for each in stack:
+            if each.stall is not None and each.stall_at < deadline:
+                deadline = each.stall_at
+        return deadline
 
     def _push(self, section):
         self.seq += 1
         section.in_heap = True
-        heapq.heappush(self.heap, (section.deadline, self.seq, section))
+        key = section.deadline if section.stall is None else min(section.deadline, section.stall_at)
+        heapq.heappush(self.heap, (key, self.seq, section))
 
     def _stand(self, standing):
         """Make ``standing`` the standing vouch; write it unless what is written already works.
@@ -525,6 +664,10 @@ class _Region:
 
 
 def _nothing():
+    pass
+
+
+def _nothing_at(frame):
     pass
 
 

@@ -11,7 +11,7 @@ import inspect
 import os
 import sys
 
-from .settings import check_cap
+from .settings import check_cap, check_stall
 
 _active = None   # the worker process's Registry, set by the worker once it serves
 _OUTSIDE = object()   # the "open section" of a long_section entered where nothing vouches
@@ -86,14 +86,19 @@ class long_section:
     """Declare that the code inside may run longer than Gunicorn's ``--timeout``.
 
     ``name`` appears in logs; ``cap`` is the hard cap in seconds (default: the
-    ``HEARTWORKER_SECTION_CAP`` setting).  At its deadline the section is
+    ``HEARTWORKER_SECTION_CAP`` setting).  ``stall`` (seconds, at most ``cap``)
+    is the longest the section may go without reporting progress
+    (:meth:`progress`, or :func:`progress`); the first window starts at
+    entry.  At its deadline (the cap, or the stall limit) the section is
     cancelled (:class:`SectionCapExceeded` is raised inside it); with
     ``cancel=False`` the worker is aborted instead, as for a section that
     does not end after its cancellation.  Sections nest; a nested section's
     deadline is never later than its enclosing one's.
 
-        with long_section("load model", cap=3600):
-            model = load()
+        with long_section("load model", cap=3600, stall=120) as section:
+            for shard in shards:
+                load(shard)
+                section.progress(f"shard {shard}")
 
         @long_section("export report", cap=300)
         def export(): ...
@@ -103,13 +108,14 @@ class long_section:
     decorated functions are safe to call concurrently and recursively.
     """
 
-    __slots__ = ("name", "cap", "cancel", "_open")
+    __slots__ = ("name", "cap", "stall", "cancel", "_open")
 
-    def __init__(self, name=None, *, cap=None, cancel=True):
+    def __init__(self, name=None, *, cap=None, stall=None, cancel=True):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"long_section name must be a str, not {type(name).__name__}")
         self.name = name
         self.cap = cap if cap is None else check_cap(cap)
+        self.stall = stall if stall is None else check_stall(stall, self.cap)
         self.cancel = bool(cancel)
         self._open = None
 
@@ -120,28 +126,59 @@ class long_section:
         if registry is None:
             self._open = _OUTSIDE
         else:
-            self._open = registry.enter(self.name, self.cap, anchor(sys._getframe(1)),
-                                        cancel=self.cancel) or _OUTSIDE
+            caller = sys._getframe(1)
+            self._open = registry.enter(self.name, self.cap, anchor(caller),
+                                        cancel=self.cancel, stall=self.stall) or _OUTSIDE
+            if registry.cancel_waits:     # it came during the update: raise it here,
+                try:                      # before the `with` body (which will not run)
+                    registry.land(caller)
+                except SectionCapExceeded:
+                    self.__exit__(None, None, None)
+                    raise
         return self
 
     def __exit__(self, exc_type, exc, tb):
         section = self._open
         self._open = None
         if section is not _OUTSIDE and section is not None:
-            section.registry.exit(section)
+            registry = section.registry
+            registry.exit(section)
+            if registry.cancel_waits:     # it came during the update: raise it here
+                registry.land(sys._getframe(1))
         return False
+
+    def progress(self, note=None):
+        """Report progress in this section (and the ones enclosing it): see :func:`progress`."""
+        section = self._open
+        if section is not None and section is not _OUTSIDE:
+            section.registry.progress(note, section)
 
     def __call__(self, func):
         if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
             raise TypeError("long_section decorates plain (sync) functions only")
-        name, cap, cancel = self.name or func.__qualname__, self.cap, self.cancel
+        name, cap, stall, cancel = self.name or func.__qualname__, self.cap, self.stall, self.cancel
 
         @functools.wraps(func)
         def in_section(*args, **kwargs):
-            with long_section(name, cap=cap, cancel=cancel):
+            with long_section(name, cap=cap, stall=stall, cancel=cancel):
                 return func(*args, **kwargs)
 
         return in_section
 
     def __repr__(self):
-        return f"long_section({self.name!r}, cap={self.cap!r}, cancel={self.cancel!r})"
+        return (f"long_section({self.name!r}, cap={self.cap!r}, stall={self.stall!r}, "
+                f"cancel={self.cancel!r})")
+
+
+def progress(note=None):
+    """Report progress for the innermost open section of the calling code.
+
+    The serving thread's (under gevent, the current greenlet's) innermost
+    section and every section enclosing it count it: each one's stall window
+    starts again, and ``note`` (a short str, e.g. ``"shard 4/10"``) is what
+    the report lines, the process title and a stall's log line show.  A
+    cheap no-op outside sections, outside a worker, and in other threads.
+    """
+    registry = _active
+    if registry is not None:
+        registry.progress(note)

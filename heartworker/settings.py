@@ -15,12 +15,18 @@ from collections import namedtuple
 SECTION_CAP = "HEARTWORKER_SECTION_CAP"
 STARTUP_CAP = "HEARTWORKER_STARTUP_CAP"
 CANCEL_GRACE = "HEARTWORKER_CANCEL_GRACE"
+STARTUP_STALL = "HEARTWORKER_STARTUP_STALL"
+REPORT_EVERY = "HEARTWORKER_REPORT_EVERY"
 
 DEFAULTS = {
     SECTION_CAP: 600.0,   # a request's long section: ten minutes
     STARTUP_CAP: 900.0,   # app loading and boot hooks: fifteen minutes
     CANCEL_GRACE: 1.0,    # from cancelling a section to aborting the worker if it goes on
+    STARTUP_STALL: None,  # the longest the startup may go without progress (None: no limit)
+    REPORT_EVERY: 60.0,   # seconds between report lines for long work (0: none)
 }
+OPTIONAL = {STARTUP_STALL}     # may be unset; never 0
+MAY_BE_ZERO = {REPORT_EVERY}   # 0 turns it off
 
 
 # The longest cap heartworker accepts: one year.  A deadline is written into the
@@ -33,6 +39,13 @@ MAX_SECONDS = 365 * 86400.0
 def in_range(seconds):
     """The one rule for a cap or a setting: more than 0 and at most a year (False for NaN)."""
     return 0 < seconds <= MAX_SECONDS
+
+
+def _is_zero(raw):
+    try:
+        return float(raw) == 0
+    except (TypeError, ValueError):
+        return False
 
 
 class SettingError(ValueError):
@@ -51,6 +64,15 @@ def parse_seconds(name, raw):
     return value
 
 
+def check_stall(stall, cap):
+    """Validate a ``stall`` given in code: None, or seconds > 0 and at most ``cap`` if given."""
+    stall = check_cap(stall, "stall")
+    if stall is not None and cap is not None and stall > cap:
+        raise ValueError(f"stall ({stall:g} s) must not be longer than cap ({cap:g} s): "
+                         f"the cap would always come first")
+    return stall
+
+
 def check_cap(cap, what="cap"):
     """Validate a ``cap`` given in code (``long_section(cap=...)``); None means the default."""
     if cap is None:
@@ -63,9 +85,11 @@ def check_cap(cap, what="cap"):
     return float(cap)
 
 
-class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace",
+class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace startup_stall "
+                                      "report_every",
                           defaults=(DEFAULTS[SECTION_CAP], DEFAULTS[STARTUP_CAP],
-                                    DEFAULTS[CANCEL_GRACE]))):
+                                    DEFAULTS[CANCEL_GRACE], DEFAULTS[STARTUP_STALL],
+                                    DEFAULTS[REPORT_EVERY]))):
     """The validated settings of one worker."""
 
     __slots__ = ()
@@ -78,7 +102,17 @@ class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace",
 
         def get(name):
             raw = raw_env.get(name, environ.get(name))
-            return DEFAULTS[name] if raw is None else parse_seconds(name, raw)
+            if raw is None or (name in OPTIONAL and not raw.strip()):
+                return DEFAULTS[name]
+            if name in MAY_BE_ZERO and _is_zero(raw):
+                return 0.0
+            return parse_seconds(name, raw)
 
-        return cls(section_cap=get(SECTION_CAP), startup_cap=get(STARTUP_CAP),
-                   cancel_grace=get(CANCEL_GRACE))
+        settings = cls(section_cap=get(SECTION_CAP), startup_cap=get(STARTUP_CAP),
+                       cancel_grace=get(CANCEL_GRACE), startup_stall=get(STARTUP_STALL),
+                       report_every=get(REPORT_EVERY))
+        if settings.startup_stall is not None and settings.startup_stall > settings.startup_cap:
+            raise SettingError(f"{STARTUP_STALL}={settings.startup_stall:g} is longer than "
+                               f"{STARTUP_CAP}={settings.startup_cap:g}: the cap would always "
+                               f"come first")
+        return settings

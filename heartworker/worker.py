@@ -4,8 +4,17 @@ the guard, and a heartbeat that carries the standing vouch.
 A heartworker worker is ``class X(HeartWorkerMixin, gunicorn_worker_class)``
 plus a *flavour* (see ``sync.py`` and ``ggevent.py``) that says who owns a
 section, whether the serving loop is free, and what to do at a deadline.
+
+The startup section opens in the worker process the moment it is forked,
+before Gunicorn's ``post_fork`` hook runs: the worker object, made in the
+arbiter, arms itself for the arbiter's next fork (``os.register_at_fork``),
+so that sections and ``heartworker.progress()`` work in ``post_fork`` too.
+Until the worker class's own flavour is installed (in ``load_wsgi``, after
+gevent has patched), the serving thread is the one owner, as in the sync
+worker, and a deadline aborts the worker (nothing is served yet).
 """
 
+import os
 import signal
 import sys
 from time import monotonic
@@ -18,8 +27,28 @@ from .answer import answer_timeout, noting_response
 from .guard import CANCEL_SIGNAL, Guard
 from .heartbeat import Heartbeat, check_protocol
 from .registry import Registry
+from .report import Watch, duration
 from .section import SectionCapExceeded, activate
-from .settings import STARTUP_CAP, SettingError, Settings
+from .settings import STARTUP_STALL, SettingError, Settings
+from .flavor import SyncFlavor
+
+_spawning = None   # the worker the arbiter is about to fork: see the module docstring
+
+
+def _born():
+    """In the child of the arbiter's next fork after a worker was made: start its heart."""
+    global _spawning
+    worker, _spawning = _spawning, None
+    if worker is not None and os.getppid() == worker.ppid:
+        worker.start_heart(sys._getframe(1))   # the frame that forked: Arbiter.spawn_worker
+
+
+def _not_this_time():
+    global _spawning
+    _spawning = None
+
+
+os.register_at_fork(after_in_child=_born, after_in_parent=_not_this_time)
 
 
 def guard_tick(timeout):
@@ -48,9 +77,10 @@ class HeartWorkerMixin:
             self.aftermath_dir = None
             self.log.warning("heartworker: no directory for stack dumps (%s)", exc)
         try:
-            startup_cap = Settings.load(self.cfg.env).startup_cap
+            self.heart_settings = Settings.load(self.cfg.env)
         except SettingError:
             return  # init_process refuses to boot, naming the setting
+        startup_cap = self.heart_settings.startup_cap
         if self.heart_problem is None:
             # post_fork and init_process run before the guard exists: vouch for
             # them now, so that a boot that hangs there is killed by the arbiter
@@ -61,6 +91,8 @@ class HeartWorkerMixin:
                 boot.write(self.spawned_at + startup_cap)
             finally:
                 boot.close()
+        global _spawning
+        _spawning = self    # Arbiter.spawn_worker forks right after making a worker
 
     def init_process(self):
         try:
@@ -73,14 +105,18 @@ class HeartWorkerMixin:
     def init_signals(self):
         super().init_signals()
         signal.signal(CANCEL_SIGNAL, self.handle_cancel)
-        if self.aftermath_dir is not None:
-            self.aftermath = Aftermath(self.aftermath_dir, self.log)
+        if self.aftermath is not None:
             self.aftermath.collect()        # stacks left by a worker killed with the GIL held
             self.aftermath.enable_dump()    # after Gunicorn's SIGABRT handler: chained to it
 
     def load_wsgi(self):
         if self.heart is None and self.heart_settings is not None:
-            self.start_heart(sys._getframe(1))
+            self.start_heart(sys._getframe(1))   # (not started at fork: a custom arbiter)
+        if self.heart is not None:
+            # The worker class's own flavour, now that gevent (if any) has patched.
+            flavor = self.flavor = self.make_flavor()
+            self.heart.adopt(flavor.owner)
+            self.guard.flavor = flavor
         super().load_wsgi()
         if self.flavor is not None:
             self.wsgi = noting_response(self.wsgi, self.flavor.request_context)
@@ -93,33 +129,48 @@ class HeartWorkerMixin:
                              "Gunicorn", self.heart_problem)
             return
         settings = self.heart_settings
-        flavor = self.make_flavor()
+        if self.aftermath_dir is not None:
+            self.aftermath = Aftermath(self.aftermath_dir, self.log)
+        flavor = SyncFlavor()        # until load_wsgi: the serving thread owns every section
         registry = Registry(Heartbeat(self.tmp), serving_tid=native.get_ident(),
                             default_cap=settings.section_cap, window=self.cfg.timeout,
                             owner=flavor.owner)
+        registry.land = self.land_cancellation
         guard = Guard(registry, flavor, tick=guard_tick(self.cfg.timeout), ppid=self.ppid,
                       log=self.log, grace=settings.cancel_grace, aftermath=self.aftermath)
-        # The startup began at spawn: time spent in post_fork counts against its cap.
+        guard.watch = Watch(registry, self.log, every=settings.report_every,
+                            window=self.cfg.timeout, count=guard.count)
+        # The startup began at spawn: time spent before the fork counts against its cap.
         self.startup = registry.enter("startup", settings.startup_cap, frame,
-                                      started=self.spawned_at)
+                                      started=self.spawned_at, stall=settings.startup_stall)
         guard.startup, guard.startup_note = self.startup, self.startup_note
-        self.heart, self.guard, self.flavor = registry, guard, flavor
+        guard.watch.startup = self.startup
+        self.heart, self.guard = registry, guard
         guard.start()
         activate(registry)
 
-    def startup_note(self):
-        """What the CRITICAL line of a startup past its cap adds: the setting, and the count."""
+    def startup_note(self, setting, value):
+        """What the CRITICAL line of a startup past its cap (or stall limit) adds."""
         n = self.aftermath.startup_failed() if self.aftermath is not None else 1
-        return (f" ({STARTUP_CAP}={self.heart_settings.startup_cap:g}: raise it if the app "
-                f"legitimately takes longer to start); the {ordinal(n)} startup in a row "
-                f"past its cap")
+        if setting == STARTUP_STALL:
+            advice, past = "between two progress reports", "without progress past its limit"
+        else:
+            advice, past = "to start", "past its cap"
+        return (f" ({setting}={value:g}: raise it if the app legitimately takes longer "
+                f"{advice}); the {ordinal(n)} startup in a row {past}")
 
     def run(self):
-        if self.startup is not None:
-            self.heart.exit(self.startup)
+        startup = self.startup
+        if startup is not None:
+            self.heart.exit(startup)
             self.startup = None
             if self.aftermath is not None:
                 self.aftermath.startup_done()
+            took = monotonic() - startup.started
+            self.log.info("heartworker: startup took %s (cap %s)", duration(took),
+                          duration(startup.cap), extra={
+                              "metric": "heartworker.startup", "value": round(took * 1000),
+                              "mtype": "timer" if hasattr(self.log, "timer") else "histogram"})
         super().run()
 
     def notify(self):
@@ -147,16 +198,29 @@ class HeartWorkerMixin:
         super().handle_abort(sig, frame)
 
     def handle_cancel(self, sig, frame):
-        """CANCEL_SIGNAL: raise SectionCapExceeded if ``frame`` runs a cancelled section's code.
+        """CANCEL_SIGNAL: raise SectionCapExceeded if ``frame`` runs a cancelled section's code."""
+        if self.heart is not None:
+            self.land_cancellation(frame)
+
+    def land_cancellation(self, frame):
+        """Raise SectionCapExceeded here if ``frame`` (this thread's code) is in a cancelled section.
 
         Only inside it, never in heartworker's own bookkeeping, and never while
         a cancellation is being handled here (a ``finally`` or ``except`` block
-        as one unwinds): the guard sends the signal again while it runs on.
+        as one unwinds): the guard sends the signal again while it runs on.  A
+        signal that finds the thread in the bookkeeping is not lost: it is
+        landed where the bookkeeping returns to the section's code
+        (``long_section.__enter__``/``__exit__``, ``progress``), so that code
+        that spends most of its time entering and leaving sections is ended
+        as surely as any other.
         """
         reg = self.heart
-        if reg is None or not reg.interruptible(frame) \
-                or isinstance(sys.exc_info()[1], SectionCapExceeded):
-            return                  # (or one is being handled here: after it, if still due)
+        if not reg.interruptible(frame):
+            reg.cancel_waits = True
+            return
+        reg.cancel_waits = False
+        if isinstance(sys.exc_info()[1], SectionCapExceeded):
+            return                  # one is being handled here: after it, if still due
         why = self.guard.take_cancellation(reg.owner() if reg.owner else None, frame)
         if why is not None:
             raise SectionCapExceeded(why)

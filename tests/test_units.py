@@ -495,3 +495,139 @@ def test_a_section_left_open_in_a_generator_does_not_clip_later_sections():
     assert reg.innermost(abandoned) is abandoned, "the later section is not the one due"
     reg.exit(later)
     reg.exit(abandoned)
+
+
+# -- progress and stall limits (issue 9) -------------------------------------------------
+def test_progress_moves_the_stall_deadline_and_writes_at_most_once_per_window():
+    import sys
+    reg = make_registry(window=2.0)
+    s = reg.enter("load", 600.0, sys._getframe(), stall=5.0)
+    assert reg.deadline_of(s) == s.stall_at == s.started + 5.0
+    assert reg.heartbeat.writes == [s.stall_at], "the stall deadline is the standing vouch"
+    for _ in range(1000):        # progress in a tight loop: the file already covers it
+        reg.progress("tick")
+    assert len(reg.heartbeat.writes) == 1 and s.note == "tick"
+    assert s.stall_at > s.started + 5.0 and reg.standing == s.stall_at
+    s.started -= 20.0            # as if the last progress were 10 s ago: now one write
+    reg.progressed[None] = (time.monotonic() - 10.0, "tick")
+    reg.standing = reg.written = s.stall_at
+    reg.progress("later")
+    assert len(reg.heartbeat.writes) == 2 and reg.heartbeat.writes[-1] == s.stall_at
+    reg.exit(s)
+    assert reg.stalls == 0
+
+
+def test_sections_without_a_stall_limit_cost_no_write_on_progress():
+    import sys
+    reg = make_registry()
+    s = reg.enter("plain", 30.0, sys._getframe())
+    reg.progress("x")
+    assert reg.heartbeat.writes == [s.deadline] and s.note == "x" and s.stall_at == math.inf
+    reg.exit(s)
+
+
+def test_progress_counts_for_the_enclosing_sections_and_the_heap_refiles_them():
+    import sys
+    here = sys._getframe()
+    reg = make_registry()
+    outer = reg.enter("job", 600.0, here, stall=2.0)
+    inner = reg.enter("item", 60.0, here)
+    assert reg.standing == outer.stall_at, "an enclosing stall bounds the standing vouch"
+    first = outer.stall_at
+    time.sleep(0.01)
+    reg.progress("item 1")
+    assert outer.stall_at > first and outer.note == inner.note == "item 1"
+    assert reg.earliest() is outer and reg.heap[0][0] == outer.stall_at, "re-filed, not early"
+    assert reg.innermost(outer) is inner, "a stall of the job ends the item it is in"
+    reg.exit(inner)
+    reg.exit(outer)
+
+
+def test_progress_is_a_noop_outside_sections_workers_and_other_threads(active):
+    import heartworker
+    heartworker.progress("nothing open")            # no registry at all
+    reg = active()
+    heartworker.progress("no section open")
+    with long_section("a", cap=5, stall=1) as a:
+        t = threading.Thread(target=heartworker.progress, args=("another thread",))
+        t.start()
+        t.join()
+        assert reg.stacks[None][0].note is None and not reg.progressed
+        a.progress("mine")
+        assert reg.stacks[None][0].note == "mine"
+    a.progress("after")                             # a closed section: nothing
+    assert reg.open == 0 and not reg.progressed, "forgotten with the owner's last section"
+
+
+@pytest.mark.parametrize("kw,error", [(dict(stall=0), ValueError), (dict(stall=math.inf), ValueError),
+                                      (dict(stall="1"), TypeError),
+                                      (dict(cap=5, stall=6), ValueError)])
+def test_bad_stall_limits_fail_where_they_are_written(kw, error):
+    with pytest.raises(error, match="stall"):
+        long_section("x", **kw)
+
+
+def test_stall_and_report_settings():
+    from heartworker.settings import REPORT_EVERY, STARTUP_STALL
+    s = Settings.load({}, {})
+    assert s.startup_stall is None and s.report_every == 60.0
+    s = Settings.load({STARTUP_STALL: "30", REPORT_EVERY: "0"}, {})
+    assert s.startup_stall == 30.0 and s.report_every == 0.0
+    for env, name in [({STARTUP_STALL: "0"}, STARTUP_STALL), ({STARTUP_STALL: "x"}, STARTUP_STALL),
+                      ({REPORT_EVERY: "-1"}, REPORT_EVERY), ({REPORT_EVERY: "nan"}, REPORT_EVERY),
+                      ({STARTUP_STALL: "1000", STARTUP_CAP: "100"}, STARTUP_STALL)]:
+        with pytest.raises(SettingError, match=name):
+            Settings.load(env, {})
+
+
+def test_the_watch_reports_long_sections_oldest_first_and_counts_the_saved():
+    import sys
+    from heartworker.report import REPORT_LINES, Watch, duration
+
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def info(self, msg, *args):
+            self.lines.append(msg % args)
+
+    class Title:
+        shown = None
+
+        def show(self, text):
+            self.shown = text
+
+    current = [0]
+    reg = make_registry(owner=lambda: current[0])
+    counted = []
+    log, title = Log(), Title()
+    watch = Watch(reg, log, every=60, window=2, count=counted.append, title=title)
+    sections = []
+    for i in range(REPORT_LINES + 3):
+        current[0] = i
+        sections.append(reg.enter(f"s{i}", 600.0, sys._getframe(), started=time.monotonic() - 100 + i))
+    reg.progressed[0] = (time.monotonic() - 3, "shard 4/10")
+    current[0] = 99
+    young = reg.enter("young", 600.0, sys._getframe())
+    now = time.monotonic()
+    next_at = watch.look(now)
+    assert len(log.lines) == REPORT_LINES + 1 and "and 3 more" in log.lines[-1]
+    assert log.lines[0].startswith("heartworker: section 's0' running for 1m40s (cap 10m00s), "
+                                   "last progress 'shard 4/10' 3.")
+    assert title.shown.startswith("section 's0' 1m40s shard 4/10")
+    assert next_at <= now + 1.0
+    assert watch.look(now) and len(log.lines) == REPORT_LINES + 1, "once per interval"
+    current[0] = 0
+    reg.exit(sections[0])
+    sections[1].why = "cancelled"
+    current[0] = 1
+    reg.exit(sections[1])
+    watch.look(time.monotonic())
+    assert counted == ["heartworker.saved"], "ended on its own: saved; cancelled: not"
+    for i, s in enumerate(sections[2:], 2):
+        current[0] = i
+        reg.exit(s)
+    current[0] = 99
+    reg.exit(young)
+    watch.look(time.monotonic())
+    assert title.shown is None and duration(3725) == "1h02m"

@@ -13,6 +13,7 @@ import threading
 import time
 from urllib.parse import parse_qs
 
+import heartworker
 from heartworker import long_section
 
 from .gil import hold_gil
@@ -29,6 +30,19 @@ if os.environ.get("APP_STARTUP_GIL"):
     hold_gil(float(os.environ["APP_STARTUP_GIL"]))
 if os.environ.get("APP_STARTUP_HANG"):
     hang_at_startup()
+
+
+def startup_phases(spec, hang_at=None):
+    """Startup work in phases ("0.6,0.6,0.6" seconds each) that report progress after each."""
+    for i, seconds in enumerate(spec.split(","), 1):
+        if i == hang_at:
+            hang_at_startup()
+        time.sleep(float(seconds))
+        heartworker.progress(f"phase {i} done")
+
+
+if os.environ.get("APP_STARTUP_PHASES"):
+    startup_phases(os.environ["APP_STARTUP_PHASES"], int(os.environ.get("APP_PHASE_HANG", 0)))
 
 
 def stuck_in_section():
@@ -278,6 +292,22 @@ def through_helper(kind, cap, work):
         raise ValueError(kind)
 
 
+def steps_then_quiet(section, seconds, every, then, how):
+    """Report progress every ``every`` s for ``seconds``; then go quiet: hang, or hold the GIL."""
+    end, i = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        time.sleep(every)
+        i += 1
+        if how == "module":
+            heartworker.progress(f"step {i}")
+        else:
+            section.progress(f"step {i}")
+    if then == "hang":
+        stuck_in_section()
+    elif then == "gil":
+        hold_gil(60)
+
+
 def deep(depth, work):
     if depth:
         return deep(depth - 1, work)
@@ -299,6 +329,15 @@ def route(path, q):
     elif path == "/section":
         with long_section(name or "request", cap=cap):
             time.sleep(s)
+    elif path == "/progress":
+        with long_section(name or "steps", cap=cap, stall=q("stall", None)) as section:
+            steps_then_quiet(section, s, q("every", 0.5), q("then", "", str), q("how", "", str))
+    elif path == "/progress_nested":
+        with long_section(name or "job", cap=cap, stall=q("stall", None)):
+            for i in range(int(q("n", 3))):
+                with long_section(f"item {i}", cap=cap) as item:
+                    steps_then_quiet(item, s, q("every", 0.5), "", "module")
+            stuck_in_section()
     elif path == "/section_busy":
         with long_section(name or "busy", cap=cap, cancel=bool(q("cancel", 1))):
             busy_outside(s)
