@@ -24,8 +24,17 @@ if ROOT not in sys.path:
 
 # (label, stock Gunicorn worker, heartworker worker), compared side by side.
 PAIRS = [("sync", "sync", "heartworker.SyncWorker"),
-         ("gevent", "gevent", "heartworker.GeventWorker")]
+         ("gevent", "gevent", "heartworker.GeventWorker"),
+         ("gthread", "gthread", "heartworker.ThreadWorker")]
 WORKERS = [worker for _, stock, heart in PAIRS for worker in (stock, heart)]
+THREADS = 4     # --threads of the threaded workers
+
+
+def spec(worker, **kwargs):
+    """Server arguments for ``worker`` (the threaded ones get ``--threads``)."""
+    if worker in ("gthread", "heartworker.ThreadWorker"):
+        kwargs["args"] = ["--threads", str(THREADS)] + list(kwargs.get("args", []))
+    return dict(worker=worker, **kwargs)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/idle_cost.py [--quick]
 
-Four servers (stock and heartworker, sync and gevent; one worker each,
+Six servers (stock and heartworker; sync, gevent and gthread; one worker each,
 ``--timeout 30``) run at once, so they share the same machine noise.  Each
 serves a few requests first (so lazy imports and the first request's work
 are done), then sits idle while we read, at the start and the end of the
@@ -25,10 +25,10 @@ def sample(pid):
 
 def run(args):
     window = 5 if args.quick else 60
-    print(f"# idle window {window} s, all four workers at once, --timeout 30; one tick "
+    print(f"# idle window {window} s, all six workers at once, --timeout 30; one tick "
           f"= {1000 / common.CLK_TCK:.0f} ms = {100 / common.CLK_TCK / window:.3f} % "
           f"over the window")
-    with common.servers([dict(worker=worker, timeout=30) for worker in common.WORKERS]) as started:
+    with common.servers([common.spec(worker, timeout=30) for worker in common.WORKERS]) as started:
         pids = {}
         for srv in started:
             for _ in range(5):

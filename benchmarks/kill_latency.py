@@ -24,7 +24,8 @@ import requests
 import common
 from tests.gunicorn_server import pid_alive
 
-SYNC, GEVENT = "heartworker.SyncWorker", "heartworker.GeventWorker"
+SYNC, GEVENT, THREAD = "heartworker.SyncWorker", "heartworker.GeventWorker", \
+    "heartworker.ThreadWorker"
 CAP, GRACE, STOCK_TIMEOUT = 1, 1, 2
 # (case, worker, --timeout, path, seconds the clock starts from, the worker dies, target s)
 CASES = [
@@ -38,6 +39,10 @@ CASES = [
      f"/section_busy?s=60&cap={CAP}", CAP, False, 0.1),
     ("gevent: waiting greenlet (cancelled)", GEVENT, 1, f"/section_hang?cap={CAP}", CAP,
      False, 0.1),
+    ("gthread: Python busy loop in a section (cancelled)", THREAD, 1,
+     f"/section_busy?s=60&cap={CAP}", CAP, False, 0.1),
+    ("gthread: Python busy loop outside sections (cancelled at --timeout)", THREAD, 1,
+     "/busy?s=60", 1, False, 0.1),
     ("sync: cancel=False (aborted at the cap)", SYNC, 1, f"/section_hang?cap={CAP}&cancel=0",
      CAP, True, 0.1),
     ("gevent: cancel=False, hub blocked (aborted)", GEVENT, 1,
@@ -45,6 +50,8 @@ CASES = [
     ("sync: swallows its cancellation (aborted at cap + grace)", SYNC, 1,
      f"/section_stubborn?cap={CAP}", CAP + GRACE, True, 0.1),
     ("sync: C call holding the GIL", SYNC, 1, f"/section_gil?s=60&cap={CAP}", CAP, True, None),
+    ("gthread: blocked in time.sleep outside sections (retired: grace + graceful stop)",
+     THREAD, 1, "/hang", 1 + GRACE, True, None),
     ("stock sync: --timeout 2, hung request", "sync", STOCK_TIMEOUT, "/hang", STOCK_TIMEOUT,
      True, None),
 ]
@@ -53,7 +60,10 @@ NOTES = """\
 # C call holding the GIL: no Python thread (the guard included) can run, so the arbiter kills:
 #   at the standing vouch (the cap) + --timeout, found by its next 1 s loop pass; SIGABRT's
 #   handler cannot run either, so SIGKILL follows one pass later: expect cap + timeout + 0..2 s.
-# stock: the arbiter looks once a second, so expect --timeout + 0..1 s (+ the worker's exit)."""
+# stock: the arbiter looks once a second, so expect --timeout + 0..1 s (+ the worker's exit).
+# gthread, a thread blocked in a syscall: no exception can reach it; the worker retires: it
+#   stops accepting, waits --graceful-timeout (2 s here) for its other requests, and exits.
+# stock gthread never ends a hung request thread (its main loop notifies whatever they do)."""
 
 
 def worker_pid(srv, not_pid=None, timeout=30):
@@ -74,6 +84,8 @@ def killed_by(srv, pid):
     log = srv.log()
     if f"aborting worker (pid {pid})" in log:
         return "guard"
+    if f"retiring worker (pid {pid})" in log:
+        return "guard: retired"
     if f"WORKER TIMEOUT (pid:{pid})" in log:
         return "arbiter SIGKILL" if re.search(rf"Worker \(pid:{pid}\) was sent SIGKILL", log) \
             else "arbiter SIGABRT"
@@ -126,7 +138,7 @@ def run(args):
           f"--timeout); median and max")
     rows = []
     for case, worker, timeout, path, reference, dies, target in CASES:
-        with common.servers([dict(worker=worker, timeout=timeout)]) as (srv,):
+        with common.servers([common.spec(worker, timeout=timeout)]) as (srv,):
             results = [trial(srv, path, reference, dies) for _ in range(repeats)]
         client = [r[0] for r in results]
         death = [r[1] for r in results if r[1] is not None]

@@ -4,7 +4,7 @@
 
 A hello-world request (``/``) and the same request inside a section on every
 request (``/section``; under a stock worker the section is the no-op it is
-outside heartworker); the app is ``benchmarks/app.py``.  All four servers
+outside heartworker); the app is ``benchmarks/app.py``.  All six servers
 run at once; each round runs wrk against every configuration, stock and
 heartworker in the order A B, then B A in the next round, so machine drift
 cancels.  The ratio
@@ -19,7 +19,7 @@ import common
 
 PATHS = [("no section", "/", 0.99),
          ("section on every request", "/section", 0.98)]
-CONNECTIONS = {"sync": 2, "gevent": 20}     # one sync worker serves one at a time
+CONNECTIONS = {"sync": 2, "gevent": 20, "gthread": 8}   # one sync worker serves one at a time
 WRK_INSTALL = "apt-get update && apt-get install -y wrk"
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}   # to milliseconds
 
@@ -48,8 +48,10 @@ def run(args):
     print(f"# {version.splitlines()[0] if version else 'wrk (version unknown)'}")
     rounds, seconds = (2, 1) if args.quick else (6, 5)
     print(f"# wrk -t1, {seconds} s per run, {rounds} rounds (A B / B A), connections: "
-          f"sync {CONNECTIONS['sync']}, gevent {CONNECTIONS['gevent']}; one worker each")
-    specs = [dict(worker=worker, timeout=30, app="benchmarks.app:app") for worker in common.WORKERS]
+          f"sync {CONNECTIONS['sync']}, gevent {CONNECTIONS['gevent']}, gthread "
+          f"{CONNECTIONS['gthread']} (--threads {common.THREADS}); one worker each")
+    specs = [common.spec(worker, timeout=30, app="benchmarks.app:app")
+             for worker in common.WORKERS]
     with common.servers(specs) as started:
         by_worker = {srv.worker: srv for srv in started}
         configs = [(label, name, path, target, stock, heart)

@@ -2,6 +2,7 @@
 
     gunicorn -k heartworker.SyncWorker --timeout 30 app:app
     gunicorn -k heartworker.GeventWorker --timeout 30 app:app
+    gunicorn -k heartworker.ThreadWorker --threads 8 --timeout 30 app:app
 
     from heartworker import long_section
     with long_section("load model", cap=3600):
@@ -11,17 +12,24 @@ The worker classes are imported lazily, so ``import heartworker`` in an
 application costs nothing and needs neither Gunicorn's workers nor gevent.
 """
 
+from . import replaced
 from .section import SectionCapExceeded, long_section, progress
 from .settings import SettingError
 
+replaced.check()     # -k heartworker.SyncWorker with --threads > 1: never silently
+
 __version__ = "0.1.0"
-__all__ = ["long_section", "progress", "SectionCapExceeded", "SettingError", "SyncWorker", "GeventWorker"]
+__all__ = ["long_section", "progress", "SectionCapExceeded", "SettingError", "SyncWorker",
+           "ThreadWorker", "GeventWorker"]
 
 
 def __getattr__(name):
     if name == "SyncWorker":
         from .sync import SyncWorker
         return SyncWorker
+    if name == "ThreadWorker":
+        from .gthread import ThreadWorker
+        return ThreadWorker
     if name == "GeventWorker":
         try:
             import gevent  # noqa: F401  (only to tell what is missing)

@@ -9,10 +9,16 @@ class SyncFlavor:
     """One serving thread, one stack of sections, one request at a time."""
 
     owner = None   # the serving thread owns every section
+    retires = False   # the backstop aborts the worker
 
     def loop_seen(self, now):
         # The sync worker's loop proves itself alive through notify() only.
         return None
+
+    @staticmethod
+    def stock_would_kill(guard, section, now):
+        """A section past --timeout: stock's sync worker notifies between requests only."""
+        return True
 
     def interrupt(self, guard, section, running):
         """Running or blocked in a syscall, the serving thread is interrupted where it is."""

@@ -34,6 +34,7 @@ class GeventFlavor:
     """Owners are greenlets; the hub is probed; a waiting section is cancelled alone."""
 
     owner = staticmethod(getcurrent)
+    retires = False   # the backstop aborts the worker
 
     def __init__(self, hub):
         self.loop = hub.loop
@@ -50,6 +51,13 @@ class GeventFlavor:
 
     def _answer(self):                      # runs in the hub
         self.probe_seen = monotonic()
+
+    def stock_would_kill(self, guard, section, now):
+        """Stock gevent is killed only when the hub is blocked for --timeout: by this
+        section's greenlet, running right now, with the probe unanswered that long."""
+        return (self.probe_seen < self.probe_sent
+                and now - self.probe_sent >= guard.registry.window
+                and guard.registry.inside_section(guard.current_frame(), section))
 
     # -- deadlines -------------------------------------------------------------
     def interrupt(self, guard, section, running):

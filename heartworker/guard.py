@@ -36,7 +36,7 @@ import sys
 from time import monotonic
 
 from . import native
-from .registry import INF, LOCK_WAIT
+from .registry import INF, LOCK_WAIT, Request
 from .report import last_progress
 from .settings import STARTUP_CAP, STARTUP_STALL
 from .stacks import format_stack
@@ -67,6 +67,7 @@ class Guard:
         self._bell = native.allocate_lock()
         self._bell.acquire()
         self.aborting = False
+        self.retiring = False
         self.frozen = False
         registry.ring = self.ring
 
@@ -109,16 +110,22 @@ class Guard:
             if held:
                 reg.apply_limit()
             is_open = reg.open
-            due = self.take_due(now, held) if is_open else ()
+            due = self.take_due(now, held) if is_open else []
             earliest = reg.earliest(held) if is_open else None
             look_at = self.watch.look(now) if held and self.watch is not None else INF
+            if held and reg.requests:             # the threaded worker's requests
+                due += reg.requests_due(now)
+                look_at = min(look_at, reg.next_request_deadline())
+                is_open = True
+        if self.watch is not None:
+            self.watch.emit()                     # outside the region: it logs
         if not is_open:
             self.overdue.clear()
             with reg.region(self.lock_wait()) as held:   # withdraws what the last section left standing
                 reg.apply_rule(now, False, None, held)
             reg.next_wake = now + IDLE_TICK
             return
-        if os.getppid() != self.ppid:
+        if reg.open and os.getppid() != self.ppid:
             self.abort(f"the arbiter (pid {self.ppid}) is gone while a section is open",
                        self.current_frame())
             return
@@ -132,14 +139,18 @@ class Guard:
             target = self.live_one(frame, innermost, section, now)
             if target is None:
                 continue
+            if self.flavor.retires and any(s.owner == target.owner for _, s in self.overdue):
+                target.why = section.why = "its thread was cancelled already"
+                continue          # one exception per thread: the grace decides (retire)
             running = reg.inside_section(frame, target)
             where = frame if running else self.flavor.frame_of(target)
             message = self.deadline_message(target, section, now)
             if reg.stalled(section):
                 self.count("heartworker.stall")
             if not target.cancel:
-                self.abort(message + " (the section has cancel=False)", where, target)
-                return
+                if self.escalate(message + " (the section has cancel=False)", where, target):
+                    return
+                continue
             if self.startup is not None and not self.startup.closed:
                 # No request to end yet, and Gunicorn's boot code above the app's would
                 # not expect an exception: during startup a deadline aborts, as it did.
@@ -153,9 +164,9 @@ class Guard:
         for escalate_at, section in self.overdue:
             if not section.closed and escalate_at <= now:
                 running = reg.inside_section(frame, section)
-                self.abort(self.overdue_message(section, escalate_at - self.grace, now),
-                           frame if running else self.flavor.frame_of(section), section)
-                return
+                if self.escalate(self.overdue_message(section, escalate_at - self.grace, now),
+                                 frame if running else self.flavor.frame_of(section), section):
+                    return
         self.overdue = [(t, s) for t, s in self.overdue if not s.closed]
         with reg.region(self.lock_wait()) as held:
             # Looked at in the region: no section can open between the look and the write.
@@ -241,6 +252,9 @@ class Guard:
         reg = self.registry
         elapsed = max(0.0, now - section.started)
         note = ""
+        if isinstance(section, Request) and reg.limit >= section.deadline:
+            return (f"heartworker: {section.describe()} ran longer than --timeout "
+                    f"({section.cap:g} s) outside every section: {elapsed:.2f} s elapsed")
         if reg.limit < min(due.deadline, due.stall_at):
             why = "ran past the graceful timeout after SIGTERM"
         elif reg.stalled(due):
@@ -259,11 +273,13 @@ class Guard:
                 why = "ran past its cap"
             if (bound or section) is self.startup:
                 note = self.startup_note(STARTUP_CAP, self.startup.cap)   # too small, or a hang
-        return (f"heartworker: section {section.describe()} {why}: "
+        what = "" if isinstance(section, Request) else "section "
+        return (f"heartworker: {what}{section.describe()} {why}: "
                 f"{elapsed:.2f} s elapsed, cap {section.cap:g} s{note}")
 
     def overdue_message(self, section, cancelled_at, now):
-        return (f"heartworker: section {section.describe()} is still running "
+        what = "" if isinstance(section, Request) else "section "
+        return (f"heartworker: {what}{section.describe()} is still running "
                 f"{now - cancelled_at:.2f} s after its deadline "
                 f"({now - section.started:.2f} s elapsed, cap {section.cap:g} s) "
                 f"although it was cancelled: the cancellation did not take "
@@ -271,8 +287,9 @@ class Guard:
 
     def cancel(self, section, message, frame, running):
         """Log, then have SectionCapExceeded raised in the section's code; the worker lives."""
-        self.log.critical("%s; cancelling the section (SectionCapExceeded; the worker lives "
-                          "on). Its stack (most recent call last):\n%s", message,
+        what = "request" if isinstance(section, Request) else "section"
+        self.log.critical("%s; cancelling the %s (SectionCapExceeded; the worker lives "
+                          "on). Its stack (most recent call last):\n%s", message, what,
                           format_stack(frame))
         self.count("heartworker.cancel")
         self.flavor.interrupt(self, section, running)
@@ -313,6 +330,37 @@ class Guard:
         increment = getattr(self.log, "increment", None)
         if increment is not None:
             increment(metric, 1)
+
+    def escalate(self, message, frame, section):
+        """The backstop: abort the worker (True), or retire it (the threaded worker)."""
+        if self.flavor.retires:
+            self.retire(message, frame)
+            return False
+        self.abort(message, frame, section)
+        return True
+
+    def retire(self, message, frame):
+        """The threaded worker's backstop: stop accepting, let the other requests end, exit.
+
+        A request thread that a cancellation cannot end (blocked in a C call or a
+        syscall, or swallowing it) cannot be ended from outside, and aborting the
+        process would end its other requests too.  So the worker shuts down the
+        way SIGTERM makes it (Gunicorn's graceful stop, bounded by
+        ``--graceful-timeout``), then exits without waiting for the stuck thread
+        (``ThreadWorker.run``); the arbiter starts a new one.
+        """
+        if self.retiring:
+            return
+        self.retiring = True
+        self.log.critical("%s; retiring worker (pid %s): it stops accepting, lets its other "
+                          "requests finish (--graceful-timeout) and exits. Stack of the stuck "
+                          "thread (most recent call last):\n%s", message, os.getpid(),
+                          format_stack(frame))
+        self.count("heartworker.retire")
+        try:
+            signal.pthread_kill(self.registry.tid, signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
 
     def abort(self, message, frame, section=None):
         """Log, then abort the worker the way Gunicorn's arbiter would; never returns normally.

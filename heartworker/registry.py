@@ -156,8 +156,30 @@ class Section:
         return f"(unnamed, in {code.co_name} at {code.co_filename}:{code.co_firstlineno})"
 
 
+class Request(Section):
+    """A request of the threaded worker, seen as a deadline: ``--timeout`` outside sections.
+
+    Its deadline is ``cap`` (the arbiter's timeout) after it was last outside
+    every section: its start, or the end of its thread's last outermost
+    section; while its thread is inside a section it has none (the section's
+    deadline applies).  It is never on a stack: it clips nothing.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, registry, name, cap, owner, frame, started):
+        super().__init__(registry, name, cap, started + cap, owner, frame, started)
+
+    def describe(self):
+        return f"request {self.name!r}"
+
+
 class Registry:
-    """Open sections of the serving thread, the standing vouch, and the heartbeat writes."""
+    """Open sections of the serving thread, the standing vouch, and the heartbeat writes.
+
+    The threaded worker has several serving threads: its request threads, each
+    one while it serves a request (``requests``), besides the main thread.
+    """
 
     def __init__(self, heartbeat, *, serving_tid, default_cap, window, owner=None):
         self.heartbeat = heartbeat
@@ -187,6 +209,7 @@ class Registry:
         self.seq = 0              # breaks deadline ties in the heap
         self.stalls = 0           # open sections with a stall limit
         self.progressed = {}      # owner -> (monotonic, note) of its last progress
+        self.requests = {}        # threaded worker: thread ident -> its Request
         # A cancellation signal found this thread in the bookkeeping: `land(frame)`
         # raises it where the bookkeeping returns to the section's code.
         self.cancel_waits = False
@@ -195,7 +218,8 @@ class Registry:
     # -- the serving thread (hot path: regions written out inline) -------------------
     def enter(self, name, cap, frame, started=None, cancel=True, stall=None):
         """Open a section for the current owner; return it, or None if it is not ours to vouch."""
-        if not self.enabled or self.get_ident() != self.tid:
+        ident = self.get_ident()
+        if not self.enabled or ident != self.tid and ident not in self.requests:
             return None
         if cap is None:
             cap = self.default_cap
@@ -255,7 +279,8 @@ class Registry:
         the heartbeat file is written at most once, and not at all while
         what it says already covers the new window.
         """
-        if not self.enabled or self.get_ident() != self.tid:
+        ident = self.get_ident()
+        if not self.enabled or ident != self.tid and ident not in self.requests:
             return
         owner = section.owner if section is not None else (
             self.owner() if self.owner is not None else None)
@@ -315,7 +340,48 @@ class Registry:
                 for section in stack:
                     section.owner = current
                 self.stacks[current] = stack
+            if None in self.progressed:
+                self.progressed[current] = self.progressed.pop(None)
             self.owner = owner
+
+    # -- the threaded worker's requests ------------------------------------------
+    def request_begins(self, name, frame, cap):
+        """The calling thread serves a request (``frame`` runs it) until request_done."""
+        request = Request(self, name, cap, self.get_ident(), frame, monotonic())
+        with self.region() as held:
+            if held:
+                self.requests[request.owner] = request
+        if request.deadline < self.next_wake:
+            self.ring()
+        return request
+
+    def request_done(self, request, clear):
+        """The calling thread's request is over: no cancellation may reach it from now on.
+
+        Sections it left open are closed; ``clear()`` withdraws a cancellation
+        sent but not raised yet (both in a region, where no other is sent).
+        """
+        with self.region() as held:
+            if not held:
+                return
+            request.closed = True
+            if self.requests.get(request.owner) is request:
+                del self.requests[request.owner]
+            left = list(self.stacks.get(request.owner, ()))
+            for section in reversed(left):
+                self._close(section)
+            clear()
+        if left:
+            _release_frames(left)
+
+    def requests_due(self, now):
+        """The requests past their deadline that are not being ended yet (call in a region)."""
+        return [(r, r) for r in self.requests.values()
+                if r.why is None and self.deadline_of(r) <= now]
+
+    def next_request_deadline(self):
+        return min((self.deadline_of(r) for r in self.requests.values() if r.why is None),
+                   default=INF)
 
     def set_limit(self, limit):
         """No deadline may pass ``limit`` (the graceful timeout).  Safe in a signal handler.
@@ -377,14 +443,19 @@ class Registry:
         """
         if self.busy and self.lock._is_owned():
             return False
+        return not self.in_bookkeeping(frame)
+
+    @staticmethod
+    def in_bookkeeping(frame):
+        """Is ``frame`` (any thread's) in heartworker's own code around a region?"""
         while frame is not None:
             module = frame.f_globals.get("__name__", "")
             if not module.startswith("heartworker."):
-                return True
-            if module in _BOOKKEEPING and frame.f_code.co_name != "in_section":
                 return False
+            if module in _BOOKKEEPING and frame.f_code.co_name != "in_section":
+                return True
             frame = frame.f_back
-        return True
+        return False
 
     def _end(self):
         """Close what was deferred and clear ``busy`` (lock held); return what it closed."""
@@ -493,7 +564,9 @@ class Registry:
         if self.standing is None and self.written is None:
             return                # Gunicorn's own heartbeat, untouched
         want = vouch(now, self.standing, inside, loop_seen is not None, self.alive_at)
-        if want != self.written:
+        if want != self.written or self.standing is not None:
+            # (written again at each look while a section is open: code that calls
+            # Gunicorn's own ``worker.tmp.notify()`` overwrites the file behind our back)
             self._write(want)
         if self.standing is None:
             self.written = None   # withdrawn: back to Gunicorn's heartbeat
@@ -515,6 +588,8 @@ class Registry:
         stack = stacks.get(owner)
         if stack is None:
             stack = stacks[owner] = []
+            if self.requests and owner in self.requests:
+                self.requests[owner].deadline = INF   # inside a section: its deadline applies
         if stack and stack[-1].deadline <= section.deadline \
                 and self.inside_section(section.frame, stack[-1]):
             # Clipped to the enclosing deadline: that section's heap entry stands for
@@ -565,6 +640,9 @@ class Registry:
             del self.stacks[section.owner]
             if self.progressed:
                 self.progressed.pop(section.owner, None)
+            if self.requests and section.owner in self.requests:
+                request = self.requests[section.owner]   # outside sections again:
+                request.deadline = monotonic() + request.cap   # --timeout from now
         key = id(section.frame)
         entries = self.entry_frames
         left = entries.get(key, 1) - 1

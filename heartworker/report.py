@@ -36,11 +36,21 @@ def duration(seconds):
     return f"{hours}h{minutes:02d}m"
 
 
+def shown(note, limit=200):
+    """A progress note as a log line or a process title can hold it, whatever it is."""
+    try:
+        text = note if isinstance(note, str) else str(note)
+    except Exception:
+        text = f"<unprintable {type(note).__name__}>"
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\0", "\\x00")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def last_progress(section, now):
     """``last progress 'shard 4/10' 3.2s ago``, or ``no progress reported``."""
     if section.progress_at <= section.started:
         return "no progress reported"
-    note = f" {section.note!r}" if section.note is not None else ""
+    note = f" '{shown(section.note)}'" if section.note is not None else ""
     return f"last progress{note} {duration(now - section.progress_at)} ago"
 
 
@@ -66,22 +76,37 @@ class Title:
 
 
 class Watch:
-    def __init__(self, registry, log, *, every, window, count, title=None):
+    """Looks at the long sections in the guard's region; says what it saw outside it.
+
+    :meth:`look` only reads the registry and builds text (in the region: the
+    lock is held); :meth:`emit` then logs, sets the title and counts, after
+    the region, so that no log handler's lock (a gevent lock, a slow stderr)
+    is ever waited for while the serving threads wait for the registry's.
+    """
+
+    def __init__(self, registry, log, *, every, window, count, title=None,
+                 stock_would_kill=None):
         self.registry = registry
         self.log = log
         self.every = every or INF           # 0: no report lines
         self.window = window or INF         # --timeout (0: none)
         self.count = count                  # the guard's statsd counter
         self.title = title if title is not None else Title()
-        self.long = set()                   # sections seen older than --timeout, not ended yet
+        # (section, now) -> would stock Gunicorn have killed the worker by now for it?
+        self.stock_would_kill = stock_would_kill or (lambda section, now: True)
+        self.long = set()                   # sections stock would have killed, not ended yet
         self.reported = {}                  # section -> report lines logged for it
         self.startup = None                 # the startup section: never counted as saved
+        self.enabled = False                # from when the worker's own flavour is installed
+        self.lines, self.saved, self.shown = [], 0, None    # what emit() does next
 
     def look(self, now):
-        """Report, set the title, count what was saved; return when to look next.
+        """Collect the report lines, the title and the saved count; return when to look next.
 
         Call in a region with the lock held (it reads the registry's stacks).
         """
+        if not self.enabled:
+            return INF
         reg, every, window = self.registry, self.every, self.window
         old = min(every, window)
         due, oldest, next_at = [], None, INF
@@ -92,7 +117,8 @@ class Watch:
                 next_at = min(next_at, outer.started + old)
                 break                       # owners are in opening order: the rest are younger
             if age >= window:
-                if outer is not self.startup:
+                if outer is not self.startup and outer not in self.long \
+                        and self.stock_would_kill(outer, now):
                     self.long.add(outer)
                 if oldest is None:
                     oldest = stack
@@ -103,15 +129,28 @@ class Watch:
                     due.append(stack)
                 next_at = min(next_at, outer.started + (times + 1) * every)
         self.settle()
-        self.report(due, now)
+        self.lines += self.report(due, now)
         if oldest is None:
-            self.title.show(None)
+            self.shown = None
         else:
             outer = oldest[0]           # (progress reaches every section of the stack)
-            note = f" {outer.note}" if outer.note is not None else ""
-            self.title.show(f"{self.where(oldest)} {duration(now - outer.started)}{note}")
+            note = f" {shown(outer.note)}" if outer.note is not None else ""
+            self.shown = f"{self.where(oldest)} {duration(now - outer.started)}{note}"
             next_at = min(next_at, now + 1.0)   # the title counts seconds
         return next_at
+
+    def emit(self):
+        """Log, set the title and count what :meth:`look` saw (outside the region)."""
+        lines, self.lines = self.lines, []
+        for line in lines:
+            self.log.info("%s", line)
+        saved, self.saved = self.saved, 0
+        for _ in range(saved):
+            self.count("heartworker.saved")
+        try:
+            self.title.show(self.shown)
+        except Exception:               # (a title that cannot be set is never fatal)
+            self.title.set = None
 
     def settle(self):
         """Count the long sections that ended on their own since the last look."""
@@ -119,7 +158,7 @@ class Watch:
         for section in ended:
             self.long.discard(section)
             if section.why is None:
-                self.count("heartworker.saved")
+                self.saved += 1
         for section in [s for s in self.reported if s.closed]:
             del self.reported[section]
 
@@ -132,11 +171,10 @@ class Watch:
         return where
 
     def report(self, due, now):
-        for stack in due[:REPORT_LINES]:
-            outer = stack[0]
-            self.log.info("heartworker: %s running for %s (cap %s), %s", self.where(stack),
-                          duration(now - outer.started), duration(outer.cap),
-                          last_progress(outer, now))
+        lines = [f"heartworker: {self.where(stack)} running for "
+                 f"{duration(now - stack[0].started)} (cap {duration(stack[0].cap)}), "
+                 f"{last_progress(stack[0], now)}" for stack in due[:REPORT_LINES]]
         if len(due) > REPORT_LINES:
-            self.log.info("heartworker: and %d more sections running for over %s",
-                          len(due) - REPORT_LINES, duration(self.every))
+            lines.append(f"heartworker: and {len(due) - REPORT_LINES} more sections running "
+                         f"for over {duration(self.every)}")
+        return lines

@@ -26,6 +26,7 @@ DEFAULTS = {
     REPORT_EVERY: 60.0,   # seconds between report lines for long work (0: none)
 }
 OPTIONAL = {STARTUP_STALL}     # may be unset; never 0
+MIN_REPORT_EVERY = 0.1         # report lines more often than that are noise (and a busy guard)
 MAY_BE_ZERO = {REPORT_EVERY}   # 0 turns it off
 
 
@@ -111,6 +112,9 @@ class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace star
         settings = cls(section_cap=get(SECTION_CAP), startup_cap=get(STARTUP_CAP),
                        cancel_grace=get(CANCEL_GRACE), startup_stall=get(STARTUP_STALL),
                        report_every=get(REPORT_EVERY))
+        if 0 < settings.report_every < MIN_REPORT_EVERY:
+            raise SettingError(f"{REPORT_EVERY}={settings.report_every:g} is shorter than "
+                               f"{MIN_REPORT_EVERY:g} s (use 0 to turn the report lines off)")
         if settings.startup_stall is not None and settings.startup_stall > settings.startup_cap:
             raise SettingError(f"{STARTUP_STALL}={settings.startup_stall:g} is longer than "
                                f"{STARTUP_CAP}={settings.startup_cap:g}: the cap would always "

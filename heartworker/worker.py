@@ -6,9 +6,11 @@ plus a *flavour* (see ``sync.py`` and ``ggevent.py``) that says who owns a
 section, whether the serving loop is free, and what to do at a deadline.
 
 The startup section opens in the worker process the moment it is forked,
-before Gunicorn's ``post_fork`` hook runs: the worker object, made in the
-arbiter, arms itself for the arbiter's next fork (``os.register_at_fork``),
-so that sections and ``heartworker.progress()`` work in ``post_fork`` too.
+before Gunicorn's ``post_fork`` hook runs: ``Arbiter.spawn_worker`` sets
+``worker.pid = os.getpid()`` first thing in the child (Gunicorn 22 to 27), and
+the ``pid`` property below starts the heart there, so that sections and
+``heartworker.progress()`` work in ``post_fork`` too.  No other process sets
+it to its own pid: not the arbiter, not a child that ``pre_fork`` forks.
 Until the worker class's own flavour is installed (in ``load_wsgi``, after
 gevent has patched), the serving thread is the one owner, as in the sync
 worker, and a deadline aborts the worker (nothing is served yet).
@@ -32,23 +34,6 @@ from .section import SectionCapExceeded, activate
 from .settings import STARTUP_STALL, SettingError, Settings
 from .flavor import SyncFlavor
 
-_spawning = None   # the worker the arbiter is about to fork: see the module docstring
-
-
-def _born():
-    """In the child of the arbiter's next fork after a worker was made: start its heart."""
-    global _spawning
-    worker, _spawning = _spawning, None
-    if worker is not None and os.getppid() == worker.ppid:
-        worker.start_heart(sys._getframe(1))   # the frame that forked: Arbiter.spawn_worker
-
-
-def _not_this_time():
-    global _spawning
-    _spawning = None
-
-
-os.register_at_fork(after_in_child=_born, after_in_parent=_not_this_time)
 
 
 def guard_tick(timeout):
@@ -68,6 +53,7 @@ class HeartWorkerMixin:
         # Runs in the arbiter, before fork: nothing here may change the process.
         self.spawned_at = monotonic()
         self.heart = self.guard = self.startup = self.aftermath = self.flavor = None
+        self.heart_tried = False
         self.abort_cause = None   # why the worker is being aborted, for the 504
         self.heart_settings = None
         self.heart_problem = check_protocol(self.tmp)
@@ -82,17 +68,26 @@ class HeartWorkerMixin:
             return  # init_process refuses to boot, naming the setting
         startup_cap = self.heart_settings.startup_cap
         if self.heart_problem is None:
-            # post_fork and init_process run before the guard exists: vouch for
-            # them now, so that a boot that hangs there is killed by the arbiter
-            # at startup cap + --timeout instead of never (a fresh heartbeat file
-            # has a wall-clock mtime, which the arbiter never finds stale).
+            # Until the guard exists in the worker (see the pid property), vouch
+            # for the boot now, so that a boot that hangs before it is killed by the
+            # arbiter at startup cap + --timeout instead of never (a fresh heartbeat
+            # file has a wall-clock mtime, which the arbiter never finds stale).
             boot = Heartbeat(self.tmp)
             try:
                 boot.write(self.spawned_at + startup_cap)
             finally:
                 boot.close()
-        global _spawning
-        _spawning = self    # Arbiter.spawn_worker forks right after making a worker
+
+    @property
+    def pid(self):
+        return self.__dict__.get("pid")
+
+    @pid.setter
+    def pid(self, pid):
+        self.__dict__["pid"] = pid
+        if pid == os.getpid() and self.heart is None and not self.heart_tried \
+                and self.heart_settings is not None and os.getppid() == self.ppid:
+            self.start_heart(sys._getframe(1))   # in the worker: Arbiter.spawn_worker's frame
 
     def init_process(self):
         try:
@@ -110,19 +105,24 @@ class HeartWorkerMixin:
             self.aftermath.enable_dump()    # after Gunicorn's SIGABRT handler: chained to it
 
     def load_wsgi(self):
-        if self.heart is None and self.heart_settings is not None:
+        if not self.heart_tried and self.heart_settings is not None:
             self.start_heart(sys._getframe(1))   # (not started at fork: a custom arbiter)
         if self.heart is not None:
             # The worker class's own flavour, now that gevent (if any) has patched.
             flavor = self.flavor = self.make_flavor()
             self.heart.adopt(flavor.owner)
             self.guard.flavor = flavor
+            watch = self.guard.watch
+            watch.stock_would_kill = lambda section, now: flavor.stock_would_kill(
+                self.guard, section, now)
+            watch.enabled = True      # (not while gevent patches the logging locks)
         super().load_wsgi()
         if self.flavor is not None:
             self.wsgi = noting_response(self.wsgi, self.flavor.request_context)
 
     def start_heart(self, frame):
         """Create the registry and the guard, and open the startup section."""
+        self.heart_tried = True
         if self.heart_problem is not None:
             self.log.warning("heartworker: Gunicorn's heartbeat is not what heartworker knows "
                              "(%s); sections will not vouch and this worker behaves as stock "

@@ -90,14 +90,76 @@ def test_post_fork_phases_report_progress_and_a_hung_phase_is_ended(start, tmp_p
     conf = tmp_path / "conf.py"
     conf.write_text(POST_FORK)
     env = {"HEARTWORKER_STARTUP_STALL": "1", "HEARTWORKER_STARTUP_CAP": "600"}
-    srv = start(ready=False, env=env, args=["-c", str(conf)])
-    srv.wait_ready()                      # 3 s of phases under --timeout 2 and a 1 s stall
+    # 3 s of phases in post_fork, then 1.2 s more at import: progress made in post_fork
+    # carries over when the worker class's own flavour takes over (gevent: a greenlet).
+    srv = start(ready=False, env=dict(env, APP_STARTUP_PHASES="0.6,0.6"),
+                args=["-c", str(conf)])
+    srv.wait_ready()                      # under --timeout 2 and a 1 s stall
     assert srv.get("/pid").status_code == 200 and "no progress" not in srv.log()
 
     hung = start(ready=False, env=dict(env, HANG_AT="3"), args=["-c", str(conf)])
     assert hung.wait_for_log(r"section 'startup' made no progress for 1\.\d+ s \(stall limit "
                              r"1 s; last progress 'post_fork phase 2'", timeout=20), hung.log()
     assert "in post_fork" in hung.log(), "the stack shows the hook"
+
+
+PRE_FORK = """
+import os, time
+
+def pre_fork(server, worker):
+    if os.fork() == 0:                    # a helper forked in pre_fork (a multiprocessing pool)
+        time.sleep(2.5)
+        open(os.path.join({dir!r}, "helper-%d" % os.getpid()), "w").close()
+        os._exit(0)
+"""
+
+
+def test_a_process_forked_in_pre_fork_is_not_the_worker(start, tmp_path):
+    conf = tmp_path / "conf.py"
+    conf.write_text(PRE_FORK.format(dir=str(tmp_path)))
+    srv = start(ready=False, env={"HEARTWORKER_STARTUP_STALL": "1"}, args=["-c", str(conf)])
+    srv.wait_ready()
+    deadline = time.monotonic() + 10
+    while not list(tmp_path.glob("helper-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(tmp_path.glob("helper-*")), "the helper lived to finish"
+    assert srv.get("/section?s=3&cap=10").status_code == 200
+    log = srv.log()
+    assert "no progress" not in log and "WORKER TIMEOUT" not in log, log
+
+
+OLD_RECIPE = """
+import time
+import heartworker
+
+def post_fork(server, worker):
+    time.sleep(0.3)
+    worker.tmp.notify()                   # the hand-made recipe: Gunicorn's own heartbeat
+    time.sleep(5)                         # then a phase longer than --timeout
+    heartworker.progress("phase 2")
+    worker.tmp.notify()
+    time.sleep(3)
+"""
+
+
+def test_gunicorns_own_notify_in_post_fork_does_not_shorten_the_startup(start, tmp_path):
+    conf = tmp_path / "conf.py"
+    conf.write_text(OLD_RECIPE)
+    srv = start(ready=False, env={"HEARTWORKER_STARTUP_STALL": "10"}, args=["-c", str(conf)])
+    srv.wait_ready()
+    assert "WORKER TIMEOUT" not in srv.log() and len(srv.worker_pids()) == 1
+
+
+def test_chatty_sections_with_odd_notes_are_reported_and_never_stop_the_guard(start):
+    # Report lines every 0.2 s while the request logs, nests sections and reports progress
+    # with notes no log line or title can hold as they are.
+    srv = start(env={"HEARTWORKER_REPORT_EVERY": "0.2"})
+    status, took = timed_get(srv, "/chatty_section?s=3", timeout=20)
+    assert status == 200 and took < 3 + MARGIN, (status, took)
+    assert srv.get("/section?s=3&cap=10").status_code == 200, "the guard still vouches"
+    log = srv.log()
+    assert "guard thread failed" not in log and "running for" in log
+    assert r"nul \x00 byte" in log or r"caf\udce9.bin" in log or "<unprintable" in log
 
 
 def test_long_work_is_reported_in_the_log(start):
@@ -140,7 +202,8 @@ def test_stalls_saved_sections_and_the_startup_time_go_to_statsd(start):
     udp.settimeout(10)
     try:
         srv = start(args=["--statsd-host", f"127.0.0.1:{udp.getsockname()[1]}"])
-        assert srv.get("/section?s=3&cap=10").status_code == 200      # stock would kill it
+        # CPU-bound: stock kills it (under gevent too: it blocks the hub)
+        assert srv.get("/section_busy?s=3&cap=10").status_code == 200
         assert srv.get("/progress?s=0.5&every=0.2&stall=1&cap=60&then=hang").status_code == 504
         packets = b""
         wanted = (b"heartworker.saved:1|c", b"heartworker.stall:1|c", b"heartworker.cancel:1|c",

@@ -575,6 +575,7 @@ def test_stall_and_report_settings():
     assert s.startup_stall == 30.0 and s.report_every == 0.0
     for env, name in [({STARTUP_STALL: "0"}, STARTUP_STALL), ({STARTUP_STALL: "x"}, STARTUP_STALL),
                       ({REPORT_EVERY: "-1"}, REPORT_EVERY), ({REPORT_EVERY: "nan"}, REPORT_EVERY),
+                      ({REPORT_EVERY: "1e-6"}, REPORT_EVERY),
                       ({STARTUP_STALL: "1000", STARTUP_CAP: "100"}, STARTUP_STALL)]:
         with pytest.raises(SettingError, match=name):
             Settings.load(env, {})
@@ -602,6 +603,7 @@ def test_the_watch_reports_long_sections_oldest_first_and_counts_the_saved():
     counted = []
     log, title = Log(), Title()
     watch = Watch(reg, log, every=60, window=2, count=counted.append, title=title)
+    watch.enabled = True
     sections = []
     for i in range(REPORT_LINES + 3):
         current[0] = i
@@ -611,18 +613,22 @@ def test_the_watch_reports_long_sections_oldest_first_and_counts_the_saved():
     young = reg.enter("young", 600.0, sys._getframe())
     now = time.monotonic()
     next_at = watch.look(now)
+    assert log.lines == [], "nothing is logged in the region"
+    watch.emit()
     assert len(log.lines) == REPORT_LINES + 1 and "and 3 more" in log.lines[-1]
     assert log.lines[0].startswith("heartworker: section 's0' running for 1m40s (cap 10m00s), "
                                    "last progress 'shard 4/10' 3.")
     assert title.shown.startswith("section 's0' 1m40s shard 4/10")
     assert next_at <= now + 1.0
-    assert watch.look(now) and len(log.lines) == REPORT_LINES + 1, "once per interval"
+    assert watch.look(now) and not watch.emit() and len(log.lines) == REPORT_LINES + 1, \
+        "once per interval"
     current[0] = 0
     reg.exit(sections[0])
     sections[1].why = "cancelled"
     current[0] = 1
     reg.exit(sections[1])
     watch.look(time.monotonic())
+    watch.emit()
     assert counted == ["heartworker.saved"], "ended on its own: saved; cancelled: not"
     for i, s in enumerate(sections[2:], 2):
         current[0] = i
@@ -630,4 +636,5 @@ def test_the_watch_reports_long_sections_oldest_first_and_counts_the_saved():
     current[0] = 99
     reg.exit(young)
     watch.look(time.monotonic())
+    watch.emit()
     assert title.shown is None and duration(3725) == "1h02m"

@@ -306,6 +306,30 @@ def steps_then_quiet(section, seconds, every, then, how):
         stuck_in_section()
     elif then == "gil":
         hold_gil(60)
+    elif then == "busy":
+        busy_outside(60)               # (inside the section: Python code, no progress)
+
+
+class Unprintable:
+    def __str__(self):
+        raise RuntimeError("no str for you")
+
+    __repr__ = __str__
+
+
+def chatty_section(seconds):
+    """Logs (Gunicorn's logger), nests sections and reports progress, with odd notes."""
+    import logging
+    log = logging.getLogger("gunicorn.error")
+    notes = ["nul \x00 byte", os.fsdecode(b"caf\xe9.bin"), Unprintable(), "x" * 10_000]
+    end, i = time.monotonic() + seconds, 0
+    with long_section("chatty", cap=60, stall=5):
+        while time.monotonic() < end:
+            log.info("app: step %d", i)
+            with long_section("inner", cap=30):
+                heartworker.progress(notes[i % len(notes)])
+            i += 1
+            time.sleep(0.01)
 
 
 def deep(depth, work):
@@ -338,6 +362,8 @@ def route(path, q):
                 with long_section(f"item {i}", cap=cap) as item:
                     steps_then_quiet(item, s, q("every", 0.5), "", "module")
             stuck_in_section()
+    elif path == "/chatty_section":
+        chatty_section(s)
     elif path == "/section_busy":
         with long_section(name or "busy", cap=cap, cancel=bool(q("cancel", 1))):
             busy_outside(s)
@@ -382,6 +408,8 @@ def route(path, q):
     elif path == "/bg_section_then_hang":
         threading.Thread(target=background_section, daemon=True).start()
         time.sleep(0.2)
+        if q("then", "", str) == "busy":
+            busy_outside(60)
         hang_outside()
     elif path == "/nested":
         with long_section("outer", cap=q("outer", 30.0)):

@@ -1,0 +1,115 @@
+"""heartworker.ThreadWorker (gthread), against real Gunicorn with --threads 4 (issue 11)."""
+
+import time
+
+import pytest
+
+from tests.timing import in_background, killed, timed_get, wait_dead
+
+TIMEOUT = 2
+MARGIN = 3.0
+GRACE = 1.0          # HEARTWORKER_CANCEL_GRACE's default
+GRACEFUL = 2.0       # --graceful-timeout in tests/gunicorn_server.py
+
+
+@pytest.fixture
+def threaded(server):
+    return lambda **kw: server(worker="heartworker.ThreadWorker", timeout=TIMEOUT,
+                               args=["--threads", "4"] + kw.pop("args", []), **kw)
+
+
+def test_a_long_section_in_a_request_thread_survives(threaded):
+    srv = threaded()
+    status, took = timed_get(srv, "/section?s=5&cap=30")
+    assert status == 200 and took >= 5
+    assert "WORKER TIMEOUT" not in srv.log() and "cancelling" not in srv.log()
+
+
+def test_a_python_hang_outside_sections_is_ended_alone_with_a_504(threaded):
+    srv = threaded()
+    pid = srv.get("/pid").text
+    thread, results = in_background(srv, "/section?s=4&cap=30")
+    time.sleep(0.2)
+    r = srv.get("/busy?s=60")
+    assert r.status_code == 504 and "ran longer than --timeout (2 s) outside every section" in r.text
+    thread.join(15)
+    assert results["/section?s=4&cap=30"][0] == 200, "the other thread's section completed"
+    assert srv.get("/pid").text == pid, "the worker lives"
+    log = srv.log()
+    assert "request 'GET /busy' ran longer than --timeout" in log and "busy_outside" in log
+
+
+def test_stock_gthread_never_ends_that_request(server):
+    # What the issue is about: stock gthread's main loop notifies whatever the threads do.
+    srv = server(worker="gthread", timeout=TIMEOUT, args=["--threads", "4"])
+    status, took = timed_get(srv, "/busy?s=5")
+    assert status == 200 and took >= 5
+
+
+def test_a_thread_blocked_in_a_syscall_retires_the_worker_gracefully(threaded):
+    srv = threaded()
+    pid = srv.get("/pid").text
+    hung, hung_result = in_background(srv, "/hang")      # time.sleep: no bytecode runs
+    time.sleep(0.3)
+    other, other_result = in_background(srv, "/section?s=3&cap=30")
+    other.join(20)
+    assert other_result["/section?s=3&cap=30"][0] == 200, "in-flight requests finish"
+    hung.join(20)
+    status, took = hung_result["/hang"]
+    assert killed(status) and took < TIMEOUT + GRACE + GRACEFUL + MARGIN, (status, took)
+    assert wait_dead(int(pid), 10), "then the worker exits"
+    srv.wait_ready()
+    assert srv.get("/pid").text != pid, "and the arbiter replaces it"
+    log = srv.log()
+    assert "request 'GET /hang' is still running" in log and "retiring worker" in log
+    assert "hang_outside" in log, "the stuck thread's stack"
+    assert "exits with 1 request(s) still running" in log and "GET /hang" in log
+
+
+def test_a_section_past_its_cap_is_cancelled_and_named(threaded):
+    srv = threaded()
+    pid = srv.get("/pid").text
+    r = srv.get("/section_busy?s=60&cap=1&name=crunch")
+    assert r.status_code == 504 and "section 'crunch' ran past its cap" in r.text
+    assert srv.get("/pid").text == pid
+    log = srv.log()
+    assert "section 'crunch' ran past its cap" in log and "cancelling the section" in log
+    assert "busy_outside" in log
+
+
+def test_a_swallowed_cancellation_retires_the_worker(threaded):
+    srv = threaded()
+    pid = srv.get("/pid").text
+    status, took = timed_get(srv, "/section_stubborn?cap=1")
+    assert killed(status) and took < 1 + GRACE + GRACEFUL + MARGIN
+    assert wait_dead(int(pid), 10)
+    assert "the cancellation did not take" in srv.log() and "retiring worker" in srv.log()
+
+
+def test_sections_of_a_background_thread_do_not_vouch(threaded):
+    srv = threaded()
+    r = srv.get("/bg_section_then_hang?then=busy")
+    assert r.status_code == 504 and "outside every section" in r.text
+
+
+def test_a_gil_holding_call_inside_a_section_survives_and_outside_is_killed(threaded):
+    srv = threaded()
+    assert srv.get("/section_gil?s=4&cap=30").status_code == 200
+    status, took = timed_get(srv, "/gil?s=30")
+    assert killed(status) and took < TIMEOUT + 1 + MARGIN, "stock: the main loop is stuck too"
+
+
+def test_a_request_that_reports_progress_in_a_stalled_section_is_ended(threaded):
+    srv = threaded()
+    status, took = timed_get(srv, "/progress?s=1&every=0.25&stall=1&cap=60&then=busy")
+    assert status == 504 and took < 1 + 1 + MARGIN
+    assert "made no progress for" in srv.log()
+
+
+def test_sync_worker_with_threads_is_never_silently_stock(server):
+    # Gunicorn runs its own gthread worker for any *SyncWorker class when --threads > 1.
+    srv = server(worker="heartworker.SyncWorker", timeout=TIMEOUT, workers=2,
+                 args=["--threads", "4"])
+    assert srv.wait_for_log(r"(?s)(Gunicorn replaced -k heartworker\.SyncWorker with its stock "
+                            r"gthread worker because --threads is 4.*){2}"), srv.log()
+    assert "Use -k heartworker.ThreadWorker" in srv.log()
