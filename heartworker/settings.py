@@ -25,6 +25,10 @@ DEFAULTS = {
     STARTUP_STALL: None,  # the longest the startup may go without progress (None: no limit)
     REPORT_EVERY: 60.0,   # seconds between report lines for long work (0: none)
 }
+# the same settings as Gunicorn settings, under the ``heartworker`` launcher (launcher.py)
+GUNICORN_NAMES = {"section_cap": SECTION_CAP, "startup_cap": STARTUP_CAP,
+                  "cancel_grace": CANCEL_GRACE, "startup_stall": STARTUP_STALL,
+                  "report_every": REPORT_EVERY}
 OPTIONAL = {STARTUP_STALL}     # may be unset; never 0
 MIN_REPORT_EVERY = 0.1         # report lines more often than that are noise (and a busy guard)
 MAY_BE_ZERO = {REPORT_EVERY}   # 0 turns it off
@@ -65,6 +69,17 @@ def parse_seconds(name, raw):
     return value
 
 
+def from_gunicorn(cfg):
+    """{variable: seconds} of the heartworker settings given to the ``heartworker``
+    launcher as Gunicorn settings (none under plain ``gunicorn``)."""
+    given = {}
+    for name, variable in GUNICORN_NAMES.items():
+        setting = cfg.settings.get(name)
+        if setting is not None and setting.get() is not None:
+            given[variable] = setting.get()
+    return given
+
+
 def check_stall(stall, cap):
     """Validate a ``stall`` given in code: None, or seconds > 0 and at most ``cap`` if given."""
     stall = check_cap(stall, "stall")
@@ -96,12 +111,17 @@ class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace star
     __slots__ = ()
 
     @classmethod
-    def load(cls, raw_env=None, environ=None):
-        """Read the settings from Gunicorn's ``cfg.env`` (``-e``) over ``environ``."""
+    def load(cls, raw_env=None, environ=None, given=None):
+        """Read the settings: ``given`` (the ``heartworker`` launcher's Gunicorn settings,
+        already validated: {variable: seconds}) over Gunicorn's ``cfg.env`` (``-e``)
+        over ``environ``."""
         environ = os.environ if environ is None else environ
         raw_env = raw_env or {}
+        given = given or {}
 
         def get(name):
+            if given.get(name) is not None:
+                return given[name]
             raw = raw_env.get(name, environ.get(name))
             if raw is None or (name in OPTIONAL and not raw.strip()):
                 return DEFAULTS[name]

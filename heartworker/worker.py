@@ -31,7 +31,7 @@ from .heartbeat import Heartbeat, check_protocol
 from .registry import Registry
 from .report import Watch, duration
 from .section import SectionCapExceeded, activate
-from .settings import STARTUP_STALL, SettingError, Settings
+from .settings import STARTUP_STALL, SettingError, Settings, from_gunicorn
 from .flavor import SyncFlavor
 
 
@@ -63,7 +63,7 @@ class HeartWorkerMixin:
             self.aftermath_dir = None
             self.log.warning("heartworker: no directory for stack dumps (%s)", exc)
         try:
-            self.heart_settings = Settings.load(self.cfg.env)
+            self.heart_settings = Settings.load(self.cfg.env, given=from_gunicorn(self.cfg))
         except SettingError:
             return  # init_process refuses to boot, naming the setting
         startup_cap = self.heart_settings.startup_cap
@@ -91,7 +91,7 @@ class HeartWorkerMixin:
 
     def init_process(self):
         try:
-            self.heart_settings = Settings.load(self.cfg.env)
+            self.heart_settings = Settings.load(self.cfg.env, given=from_gunicorn(self.cfg))
         except SettingError as exc:
             self.log.error("heartworker: invalid setting: %s. The worker refuses to boot.", exc)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)

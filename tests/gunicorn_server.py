@@ -29,8 +29,10 @@ def gunicorn_version():
 
 class Server:
     def __init__(self, workdir, app="tests.apps.app:app", worker="heartworker.SyncWorker",
-                 timeout=2, workers=1, env=None, args=()):
+                 timeout=2, workers=1, env=None, args=(), program="gunicorn", ready_path="/pid"):
         self.workdir = str(workdir)
+        self.ready_path = ready_path  # answers 200 once a worker serves
+        self.program = program        # or "heartworker": the launcher (python -m heartworker)
         self.app, self.worker, self.timeout = app, worker, timeout
         self.workers, self.extra_env, self.args = workers, dict(env or {}), list(args)
         self.proc = None
@@ -45,7 +47,8 @@ class Server:
         sock.listen(128)
         self.port = sock.getsockname()[1]
         fd = sock.fileno()
-        cmd = [sys.executable, "-m", "gunicorn", "-k", self.worker, "-b", f"fd://{fd}",
+        kind = ["-k", self.worker] if self.worker else []    # (None: the program's default)
+        cmd = [sys.executable, "-m", self.program, *kind, "-b", f"fd://{fd}",
                "--timeout", str(self.timeout), "--workers", str(self.workers),
                "--graceful-timeout", "2", "--error-logfile", "-", "--log-level", "info",
                *self.args, self.app]
@@ -71,7 +74,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if self.get("/pid", timeout=1).status_code == 200:
+                if self.get(self.ready_path, timeout=1).status_code == 200:
                     return
             except requests.RequestException:
                 pass

@@ -1,0 +1,5 @@
+"""``python -m heartworker [gunicorn options] app:app``: the ``heartworker`` launcher."""
+
+from .launcher import run
+
+run("heartworker")
