@@ -11,6 +11,11 @@ class SyncFlavor:
     owner = None   # the serving thread owns every section
     retires = False   # the backstop aborts the worker
 
+    @staticmethod
+    def escalates(section):
+        """A cancelled section still running after the grace gets the worker aborted."""
+        return True
+
     def loop_seen(self, now):
         # The sync worker's loop proves itself alive through notify() only.
         return None

@@ -36,6 +36,11 @@ class GeventFlavor:
     owner = staticmethod(getcurrent)
     retires = False   # the backstop aborts the worker
 
+    @staticmethod
+    def escalates(section):
+        """A cancelled section still running after the grace gets the worker aborted."""
+        return True
+
     def __init__(self, hub):
         self.loop = hub.loop
         self.probe_sent = self.probe_seen = -float("inf")

@@ -29,12 +29,14 @@ deadline of all threads (the standing vouch); outside sections the arbiter's
 """
 
 import ctypes
-import logging
 import os
 import sys
+import sysconfig
 import threading
+import time
 from time import monotonic
 
+import gunicorn
 from gunicorn.workers import gthread
 
 from . import native
@@ -43,6 +45,41 @@ from .section import SectionCapExceeded
 from .worker import HeartWorkerMixin
 
 LOOP_EVERY = 2.0   # the main loop notifies at least every second: silent longer, it is stuck
+LAND_WAIT = 10.0   # seconds a thread running library code may keep a cancellation waiting
+TRIES = 20         # looks at a thread per guard step, a millisecond apart, for app code
+# Code where an asynchronous exception must not land: it takes locks (logging, threading,
+# queue...) or writes the response (Gunicorn) between statements that a `try` does not cover.
+SERVER = (os.path.dirname(gunicorn.__file__) + os.sep,)
+OURS = SERVER + ("<frozen ", os.path.dirname(os.path.abspath(__file__)) + os.sep)
+STDLIB = tuple(dict.fromkeys(os.path.dirname(m.__file__) + os.sep for m in (os, sysconfig)))
+
+
+def runs_app_code(frame):
+    """Is ``frame`` (a thread's innermost Python frame) the app's, not Python's or Gunicorn's?
+
+    An exception raised asynchronously lands where the thread is (or at the
+    next function it enters), so it is sent only while the thread runs the
+    app's own code or a third-party library's: never inside the standard
+    library, whose locks (logging's handlers, ``threading.Condition``) would
+    be left held, nor in Gunicorn's or heartworker's code.
+    """
+    if frame is None:
+        return False
+    name = frame.f_code.co_filename
+    if name.startswith(OURS):
+        return False
+    for stdlib in STDLIB:
+        if name.startswith(stdlib):
+            return "-packages" in name[len(stdlib):]      # site- or dist-packages: a library
+    return True
+
+
+def thread_cpu(ident):
+    """CPU seconds thread ``ident`` has run (it grows while the thread runs, not blocked)."""
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (OSError, AttributeError):
+        return 0.0
 
 
 def _async_raise(ident, exc_class):
@@ -73,10 +110,38 @@ class ThreadFlavor:
     def __init__(self):
         self.local = threading.local()
         self.beat_at = monotonic()
+        self.in_server = set()      # owners whose cancellation waits: the thread is in Gunicorn
+        self.waiting = {}           # owner -> (first try, its CPU time then, running?)
+        self.retiring_until = 0.0   # set by retire(): the graceful stop's end
 
     def loop_seen(self, now):
         beat_at = self.beat_at
-        return beat_at if now - beat_at <= LOOP_EVERY else None
+        if now - beat_at <= LOOP_EVERY or self.retiring_until > now:
+            # (retiring: Gunicorn 23's graceful wait does not notify; the wait is bounded)
+            return max(beat_at, now - LOOP_EVERY)
+        return None
+
+    def sending(self, request):
+        """Is the request's thread in Gunicorn's own code (sending the response)?"""
+        frame = sys._current_frames().get(request.owner)
+        return frame is not None and frame.f_code.co_filename.startswith(SERVER)
+
+    def escalates(self, section):
+        """Past the grace, retire the worker if the exception was sent and did not end the
+        thread, or could not be sent because the thread is stuck in library code.
+
+        Not while it waits because the thread is in Gunicorn's code (sending to a
+        slow client: stock would wait too), nor while the thread still runs
+        library code (it comes back to the app's code soon, where it is sent), for
+        ``LAND_WAIT`` seconds at most.
+        """
+        if section.delivered:
+            return True
+        owner = section.owner
+        if owner in self.in_server:
+            return False
+        first, _, running = self.waiting.get(owner, (None, None, False))
+        return not running or monotonic() - first > LAND_WAIT
 
     @staticmethod
     def stock_would_kill(guard, section, now):
@@ -84,20 +149,47 @@ class ThreadFlavor:
         return False
 
     def interrupt(self, guard, section, running):
-        """Raise the cancellation in the section's thread, once, if it serves its request."""
-        reg = guard.registry
+        """Raise the cancellation in the section's thread, once, if it serves its request.
+
+        Only while the thread runs the app's code (:func:`runs_app_code`): the
+        thread is looked at up to ``TRIES`` times a millisecond apart; if it is
+        in library code all along, the guard tries again at its next step.
+        """
         owner = section.owner
+        for _ in range(TRIES):
+            frame = sys._current_frames().get(owner)
+            if runs_app_code(frame) and self.send(guard, section):
+                return
+            if frame is not None and frame.f_code.co_filename.startswith(SERVER):
+                self.in_server.add(owner)          # sending to the client: not now
+                return
+            self.in_server.discard(owner)
+            if section.closed or section.delivered:
+                return
+            native.sleep(0.001)                    # (releases the GIL: the thread moves on)
+        first, cpu, _ = self.waiting.get(owner, (monotonic(), None, False))
+        now_cpu = thread_cpu(owner)
+        self.waiting[owner] = (first, now_cpu, cpu is not None and now_cpu > cpu)
+
+    def send(self, guard, section):
+        """Raise it now, if the thread still serves that request and runs the app's code."""
+        reg, owner = guard.registry, section.owner
         with reg.region(LOCK_WAIT) as held:
             # In the region: no request can end (and withdraw it) between the look and the send.
-            if not held or section.closed or section.delivered or owner not in reg.requests:
-                return
-            if reg.in_bookkeeping(sys._current_frames().get(owner)):
-                return                      # the guard tries again in a few milliseconds
+            if not held or section.closed or section.delivered or owner not in reg.requests \
+                    or not runs_app_code(sys._current_frames().get(owner)):
+                return False
+            self.waiting.pop(owner, None)
             RequestCancelled.messages[owner] = section.why
             _async_raise(owner, RequestCancelled)
-            for _, each in guard.overdue:   # one exception per thread: it cannot be re-raised
-                if each.owner == owner:     # while its handling cannot be seen from outside
+            # One exception per thread (it cannot be raised again while its handling
+            # cannot be seen from outside), and the grace counts from now.
+            escalate_at = monotonic() + guard.grace
+            for i, (at, each) in enumerate(guard.overdue):
+                if each.owner == owner:
                     each.delivered = True
+                    guard.overdue[i] = (max(at, escalate_at), each)
+            return True
 
     def request_context(self):
         """Where the current request's Gunicorn response is noted: its thread."""
@@ -127,11 +219,36 @@ class ThreadWorker(HeartWorkerMixin, gthread.ThreadWorker):
         request = reg.request_begins(f"{req.method} {req.path}", sys._getframe(),
                                      self.cfg.timeout or INF)
         try:
-            return super().handle_request(req, conn)
-        except SectionCapExceeded as exc:
-            self.handle_error(req, conn.sock, conn.client, exc)   # the 504
-            return False                                          # and close
-        finally:
+            try:
+                return super().handle_request(req, conn)
+            except SectionCapExceeded as exc:
+                self.handle_error(req, conn.sock, conn.client, exc)   # the 504
+                return False                                          # and close
+            finally:
+                self.request_over(request)
+        except SectionCapExceeded:      # sent as the app returned, raised just above
+            self.request_over(request)
+            return False
+
+    def handle_http2_request(self, req, conn, h2_conn):
+        """An HTTP/2 stream (Gunicorn 25+): a request like any other; its 504 is the stream's."""
+        reg = self.heart
+        if reg is None:
+            return super().handle_http2_request(req, conn, h2_conn)
+        request = reg.request_begins(f"{req.method} {req.path}", sys._getframe(),
+                                     self.cfg.timeout or INF)
+        try:
+            try:
+                return super().handle_http2_request(req, conn, h2_conn)
+            except SectionCapExceeded as exc:
+                self.log.warning("heartworker: %s %s ended: %s", req.method, req.path, exc)
+                try:
+                    h2_conn.send_error(req.stream.stream_id, 504, f"Gateway Timeout: {exc}")
+                except Exception:
+                    self.log.debug("heartworker: failed to send the HTTP/2 504")
+            finally:
+                self.request_over(request)
+        except SectionCapExceeded:
             self.request_over(request)
 
     def request_over(self, request):
@@ -154,5 +271,4 @@ class ThreadWorker(HeartWorkerMixin, gthread.ThreadWorker):
                              "running in threads that cannot be ended: %s", os.getpid(),
                              len(stuck), ", ".join(f"{r.name} ({now - r.started:.1f} s)"
                                                    for r in stuck))
-            logging.shutdown()
             os._exit(1)     # Python would wait for those threads forever at exit

@@ -50,7 +50,7 @@ LONGEST_WAIT = 3600.0
 
 class Guard:
     def __init__(self, registry, flavor, *, tick, ppid, log, grace=1.0, aftermath=None,
-                 watch=None):
+                 watch=None, graceful=30.0):
         self.registry = registry
         self.flavor = flavor
         self.tick = tick
@@ -61,6 +61,7 @@ class Guard:
         self.startup = None        # the startup section, while it is open
         self.startup_note = None   # (setting, value) -> what a startup past it adds to the log
         self.grace = grace         # from a cancellation to the abort (HEARTWORKER_CANCEL_GRACE)
+        self.graceful = graceful   # --graceful-timeout
         self.overdue = []          # [(escalate_at, Section)] being cancelled
         self.abort_cause = None    # what the worker's 504 says when the guard aborts
         self.abort_section = None  # the section it aborts for, if any
@@ -142,6 +143,12 @@ class Guard:
             if self.flavor.retires and any(s.owner == target.owner for _, s in self.overdue):
                 target.why = section.why = "its thread was cancelled already"
                 continue          # one exception per thread: the grace decides (retire)
+            if isinstance(target, Request) and self.flavor.sending(target):
+                target.why = "past --timeout while Gunicorn sends its response"
+                self.log.warning("heartworker: %s is past --timeout (%.2f s elapsed) while "
+                                 "Gunicorn sends its response to the client; it is not ended "
+                                 "(as in stock Gunicorn)", target.describe(), now - target.started)
+                continue
             running = reg.inside_section(frame, target)
             where = frame if running else self.flavor.frame_of(target)
             message = self.deadline_message(target, section, now)
@@ -162,7 +169,7 @@ class Guard:
             self.cancel(target, message, where, running)
             undelivered = True
         for escalate_at, section in self.overdue:
-            if not section.closed and escalate_at <= now:
+            if not section.closed and escalate_at <= now and self.flavor.escalates(section):
                 running = reg.inside_section(frame, section)
                 if self.escalate(self.overdue_message(section, escalate_at - self.grace, now),
                                  frame if running else self.flavor.frame_of(section), section):
@@ -195,6 +202,8 @@ class Guard:
             if reg.inside_section(frame, candidate) or \
                     reg.inside_section(self.flavor.waiting_frame(candidate), candidate):
                 return candidate
+            if isinstance(candidate, Request):
+                return None       # it ended while the guard looked: nothing to do
             self.log.warning("heartworker: section %s passed its deadline (%.2f s elapsed, cap "
                              "%g s) but its code is not running (left open in a suspended "
                              "generator, or never closed); it no longer counts",
@@ -357,6 +366,7 @@ class Guard:
                           "thread (most recent call last):\n%s", message, os.getpid(),
                           format_stack(frame))
         self.count("heartworker.retire")
+        self.flavor.retiring_until = monotonic() + self.graceful
         try:
             signal.pthread_kill(self.registry.tid, signal.SIGTERM)
         except (OSError, ValueError):

@@ -37,6 +37,16 @@ def get_ident():
     return _originals()[2]()
 
 
+def sleep(seconds):
+    """A real sleep of this OS thread (never gevent's)."""
+    monkey = sys.modules.get("gevent.monkey")
+    real = monkey.get_original("time", "sleep") if monkey is not None else None
+    if real is None:
+        import time
+        real = time.sleep
+    real(seconds)
+
+
 def native_get_ident():
     """Return the un-patched ``get_ident`` function itself, for hot paths."""
     return _originals()[2]

@@ -137,7 +137,8 @@ class HeartWorkerMixin:
                             owner=flavor.owner)
         registry.land = self.land_cancellation
         guard = Guard(registry, flavor, tick=guard_tick(self.cfg.timeout), ppid=self.ppid,
-                      log=self.log, grace=settings.cancel_grace, aftermath=self.aftermath)
+                      log=self.log, grace=settings.cancel_grace, aftermath=self.aftermath,
+                      graceful=self.cfg.graceful_timeout)
         guard.watch = Watch(registry, self.log, every=settings.report_every,
                             window=self.cfg.timeout, count=guard.count)
         # The startup began at spawn: time spent before the fork counts against its cap.

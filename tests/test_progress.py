@@ -1,6 +1,5 @@
 """Progress beats and stall limits, against real Gunicorn, in both workers (issue 9)."""
 
-import os
 import socket
 import time
 

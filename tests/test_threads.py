@@ -113,3 +113,48 @@ def test_sync_worker_with_threads_is_never_silently_stock(server):
     assert srv.wait_for_log(r"(?s)(Gunicorn replaced -k heartworker\.SyncWorker with its stock "
                             r"gthread worker because --threads is 4.*){2}"), srv.log()
     assert "Use -k heartworker.ThreadWorker" in srv.log()
+
+
+@pytest.mark.parametrize("path", ["/busy_logging?s=60", "/busy_with_a_condition?s=60"])
+def test_a_cancellation_never_leaves_a_lock_of_the_standard_library_held(threaded, path):
+    # Logging's handler locks and threading.Condition are taken in Python code: the
+    # exception is sent only while the thread runs the app's own code.
+    srv = threaded()
+    pid = srv.get("/pid").text
+    for _ in range(3):
+        r = srv.get(path, timeout=15)
+        assert r.status_code == 504, (r.status_code, r.text)
+    assert srv.get("/condition_free", timeout=5).status_code == 200
+    assert srv.get("/pid", timeout=5).text == pid and "retiring" not in srv.log()
+
+
+def test_retiring_lets_a_request_longer_than_timeout_finish(threaded):
+    # --graceful-timeout longer than --timeout: the worker is still vouched for while it
+    # waits for its other requests (Gunicorn 23's wait does not notify the arbiter).
+    srv = threaded(args=["--graceful-timeout", "8"])
+    hung, hung_result = in_background(srv, "/hang")
+    time.sleep(0.3)
+    other, other_result = in_background(srv, "/section?s=6&cap=30")
+    other.join(30)
+    assert other_result["/section?s=6&cap=30"][0] == 200, srv.log()
+    hung.join(30)
+    assert "retiring worker" in srv.log() and "WORKER TIMEOUT" not in srv.log()
+
+
+def test_a_slow_client_is_not_cut_off(threaded):
+    import socket
+    srv = threaded()
+    pid = srv.get("/pid").text
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /big_body?mb=8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        got = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+            time.sleep(0.02)              # about 3 MB/s: longer than --timeout in all
+    assert got.startswith(b"HTTP/1.1 200") and len(got) > 8 * 1024 * 1024
+    assert srv.get("/pid").text == pid and "retiring" not in srv.log()
+    assert "while Gunicorn sends its response" in srv.log()

@@ -332,6 +332,34 @@ def chatty_section(seconds):
             time.sleep(0.01)
 
 
+CONDITION = threading.Condition()
+
+
+def busy_logging(seconds):
+    """Python code that logs all the time: each record takes its handler's lock."""
+    import logging
+
+    class Quiet(logging.Handler):
+        def emit(self, record):
+            pass
+
+    log = logging.getLogger("app.busy")
+    if not log.handlers:
+        log.addHandler(Quiet())
+        log.propagate = False
+        log.setLevel(logging.INFO)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        log.info("still busy")
+
+
+def busy_with_a_condition(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        with CONDITION:               # threading.Condition: a lock taken in Python code
+            pass
+
+
 def deep(depth, work):
     if depth:
         return deep(depth - 1, work)
@@ -362,6 +390,15 @@ def route(path, q):
                 with long_section(f"item {i}", cap=cap) as item:
                     steps_then_quiet(item, s, q("every", 0.5), "", "module")
             stuck_in_section()
+    elif path == "/busy_logging":
+        busy_logging(s)
+    elif path == "/busy_with_a_condition":
+        busy_with_a_condition(s)
+    elif path == "/condition_free":
+        with CONDITION:
+            return b"the condition's lock is free"
+    elif path == "/big_body":
+        return b"x" * int(q("mb", 20) * 1024 * 1024)
     elif path == "/chatty_section":
         chatty_section(s)
     elif path == "/section_busy":
