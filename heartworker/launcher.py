@@ -41,74 +41,28 @@ def _validator(env_name, may_be_zero=False):
     return validate
 
 
-class SectionCap(Setting):
-    name = "section_cap"
-    section = "heartworker"
-    cli = ["--section-cap"]
-    meta = "SECONDS"
-    validator = _validator(hs.SECTION_CAP)
-    default = None
-    desc = """\
-        The cap of a ``long_section`` that gives none (default 600).
-
-        Same as HEARTWORKER_SECTION_CAP, which it overrides.
-        """
+def _register(name, variable, default, meaning, may_be_zero=False):
+    """Register one heartworker setting with Gunicorn (its Setting metaclass does it)."""
+    cli = "--" + name.replace("_", "-")
+    attrs = dict(name=name, section="heartworker", cli=[cli], meta="SECONDS", default=None,
+                 validator=_validator(variable, may_be_zero),
+                 desc=f"{meaning} (default {default}).\n\nSame as {variable}, which it "
+                      f"overrides.\n")
+    return type(Setting)("".join(p.title() for p in name.split("_")), (Setting,), attrs)
 
 
-class StartupCap(Setting):
-    name = "startup_cap"
-    section = "heartworker"
-    cli = ["--startup-cap"]
-    meta = "SECONDS"
-    validator = _validator(hs.STARTUP_CAP)
-    default = None
-    desc = """\
-        The cap of a worker's startup, from its spawn to its first accept (default 900).
-
-        Same as HEARTWORKER_STARTUP_CAP, which it overrides.
-        """
-
-
-class StartupStall(Setting):
-    name = "startup_stall"
-    section = "heartworker"
-    cli = ["--startup-stall"]
-    meta = "SECONDS"
-    validator = _validator(hs.STARTUP_STALL)
-    default = None
-    desc = """\
-        The longest a worker's startup may go without heartworker.progress() (default: none).
-
-        Same as HEARTWORKER_STARTUP_STALL, which it overrides.
-        """
-
-
-class CancelGrace(Setting):
-    name = "cancel_grace"
-    section = "heartworker"
-    cli = ["--cancel-grace"]
-    meta = "SECONDS"
-    validator = _validator(hs.CANCEL_GRACE)
-    default = None
-    desc = """\
-        Seconds a cancelled section has to end before the worker is aborted (default 1).
-
-        Same as HEARTWORKER_CANCEL_GRACE, which it overrides.
-        """
-
-
-class ReportEvery(Setting):
-    name = "report_every"
-    section = "heartworker"
-    cli = ["--report-every"]
-    meta = "SECONDS"
-    validator = _validator(hs.REPORT_EVERY, may_be_zero=True)
-    default = None
-    desc = """\
-        Seconds between the log lines that report a long section (default 60; 0: none).
-
-        Same as HEARTWORKER_REPORT_EVERY, which it overrides.
-        """
+SETTINGS = [
+    _register("section_cap", hs.SECTION_CAP, "600",
+              "The cap of a ``long_section`` that gives none"),
+    _register("startup_cap", hs.STARTUP_CAP, "900",
+              "The cap of a worker's startup, from its spawn to its first accept"),
+    _register("startup_stall", hs.STARTUP_STALL, "none",
+              "The longest a worker's startup may go without heartworker.progress()"),
+    _register("cancel_grace", hs.CANCEL_GRACE, "1",
+              "Seconds a cancelled section has to end before the worker is aborted"),
+    _register("report_every", hs.REPORT_EVERY, "60; 0: none",
+              "Seconds between the log lines that report a long section", may_be_zero=True),
+]
 
 
 class HeartworkerApplication(WSGIApplication):

@@ -284,24 +284,12 @@ class Registry:
             return
         owner = section.owner if section is not None else (
             self.owner() if self.owner is not None else None)
-        with self.lock:
-            if self.busy:         # a finalizer or handler, mid-update on this thread
-                return
-            try:
-                self.busy = True
-                stack = self.stacks.get(owner)
-                if stack:
-                    self.progressed[owner] = (monotonic(), note)
-                    if self.stalls:
-                        self._stand(self._standing_after(owner, stack))
-            finally:
-                if self.deferred:
-                    done = self._end()
-                else:             # (the usual case, inline)
-                    self.busy = False
-                    done = ()
-        if done:
-            _release_frames(done)
+        with self.region() as held:   # (not held: a finalizer or handler, mid-update here)
+            stack = self.stacks.get(owner) if held else None
+            if stack:
+                self.progressed[owner] = (monotonic(), note)
+                if self.stalls:
+                    self._stand(self._standing_after(owner, stack))
         if self.cancel_waits:     # (frames: this, long_section's or the module's progress)
             self.land(sys._getframe(2))
 

@@ -12,7 +12,7 @@ import threading
 import pytest
 import requests
 
-from tests.timing import killed, timed_get, wait_dead
+from tests.timing import StatsdListener, killed, timed_get, wait_dead
 
 TIMEOUT = 2
 MARGIN = 3.0
@@ -150,18 +150,10 @@ def test_a_swallowed_cancellation_then_the_gil_held_still_ends_by_cap_plus_timeo
 
 
 def test_cancellations_are_counted_in_statsd(start):
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    udp.settimeout(10)
-    try:
-        srv = start(args=["--statsd-host", f"127.0.0.1:{udp.getsockname()[1]}"])
+    with StatsdListener() as statsd:
+        srv = start(args=statsd.args)
         assert srv.get("/section_hang?cap=1").status_code == 504
-        packets = []
-        while not any(b"heartworker.cancel" in p for p in packets):
-            packets.append(udp.recv(4096))
-        assert b"heartworker.cancel:1|c" in b"\n".join(packets)
-    finally:
-        udp.close()
+        assert b"heartworker.cancel:1|c" in statsd.wait_for(b"heartworker.cancel")
 
 
 @pytest.mark.parametrize("value", ["0", "abc", "1e19"])

@@ -1,11 +1,10 @@
 """Progress beats and stall limits, against real Gunicorn, in both workers (issue 9)."""
 
-import socket
 import time
 
 import pytest
 
-from tests.timing import in_background, killed, timed_get
+from tests.timing import StatsdListener, in_background, killed, timed_get
 
 TIMEOUT = 2
 MARGIN = 3.0
@@ -196,22 +195,14 @@ def test_the_process_title_shows_the_long_section_and_is_restored(start):
 
 
 def test_stalls_saved_sections_and_the_startup_time_go_to_statsd(start):
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    udp.settimeout(10)
-    try:
-        srv = start(args=["--statsd-host", f"127.0.0.1:{udp.getsockname()[1]}"])
+    with StatsdListener() as statsd:
+        srv = start(args=statsd.args)
         # CPU-bound: stock kills it (under gevent too: it blocks the hub)
         assert srv.get("/section_busy?s=3&cap=10").status_code == 200
         assert srv.get("/progress?s=0.5&every=0.2&stall=1&cap=60&then=hang").status_code == 504
-        packets = b""
-        wanted = (b"heartworker.saved:1|c", b"heartworker.stall:1|c", b"heartworker.cancel:1|c",
-                  b"heartworker.startup:")
-        while not all(w in packets for w in wanted):
-            packets += udp.recv(4096) + b"\n"
+        packets = statsd.wait_for(b"heartworker.saved:1|c", b"heartworker.stall:1|c",
+                                  b"heartworker.cancel:1|c", b"heartworker.startup:")
         assert b"|ms" in packets.split(b"heartworker.startup:")[1].split(b"\n")[0]
-    finally:
-        udp.close()
 
 
 @pytest.mark.parametrize("env", [{"HEARTWORKER_STARTUP_STALL": "0"},

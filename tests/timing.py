@@ -37,3 +37,27 @@ def wait_dead(pid, timeout):
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     return not pid_alive(pid)
+
+
+class StatsdListener:
+    """A UDP socket on 127.0.0.1 for Gunicorn's ``--statsd-host``; closed by ``with``."""
+
+    def __init__(self, timeout=10):
+        import socket
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(timeout)
+        self.args = ["--statsd-host", f"127.0.0.1:{self.sock.getsockname()[1]}"]
+        self.packets = b""
+
+    def wait_for(self, *wanted):
+        """Receive until every one of ``wanted`` (bytes) was seen; return all packets."""
+        while not all(w in self.packets for w in wanted):
+            self.packets += self.sock.recv(4096) + b"\n"
+        return self.packets
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
