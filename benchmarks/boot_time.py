@@ -27,7 +27,7 @@ RETRY, TARGET = 0.01, 1.02
 
 
 def boot_seconds(path, worker):
-    srv = Server(path, worker=worker, timeout=30)
+    srv = Server(path, **common.spec(worker, timeout=30))
     start = time.monotonic()
     try:
         srv.start(ready=False)

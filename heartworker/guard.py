@@ -124,6 +124,7 @@ class Guard:
             self.overdue.clear()
             with reg.region(self.lock_wait()) as held:   # withdraws what the last section left standing
                 reg.apply_rule(now, False, None, held)
+            self.retiring_vouch(now)
             reg.next_wake = now + IDLE_TICK
             return
         if reg.open and os.getppid() != self.ppid:
@@ -178,6 +179,7 @@ class Guard:
         with reg.region(self.lock_wait()) as held:
             # Looked at in the region: no section can open between the look and the write.
             reg.apply_rule(now, reg.inside(frame), self.flavor.loop_seen(now), held)
+        self.retiring_vouch(now)
         wake = now + self.tick
         if earliest is not None:
             wake = min(wake, reg.deadline_of(earliest))
@@ -348,6 +350,11 @@ class Guard:
         self.abort(message, frame, section)
         return True
 
+    def retiring_vouch(self, now):
+        """While the worker retires, it is alive: vouch for it up to the graceful stop's end."""
+        if self.retiring and now < self.flavor.retiring_until:
+            self.registry.vouch_now(now)
+
     def retire(self, message, frame):
         """The threaded worker's backstop: stop accepting, let the other requests end, exit.
 
@@ -366,7 +373,8 @@ class Guard:
                           "thread (most recent call last):\n%s", message, os.getpid(),
                           format_stack(frame))
         self.count("heartworker.retire")
-        self.flavor.retiring_until = monotonic() + self.graceful
+        # The graceful stop begins within the main loop's next second (Gunicorn 23).
+        self.flavor.retiring_until = monotonic() + self.graceful + 2.0
         try:
             signal.pthread_kill(self.registry.tid, signal.SIGTERM)
         except (OSError, ValueError):

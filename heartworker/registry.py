@@ -371,6 +371,14 @@ class Registry:
         return min((self.deadline_of(r) for r in self.requests.values() if r.why is None),
                    default=INF)
 
+    def vouch_now(self, now):
+        """Write "alive now": the threaded worker's graceful stop while it retires, which
+        Gunicorn 23's wait does not notify (bounded by the guard: see ``Guard.retire``)."""
+        with self.region(LOCK_WAIT) as held:
+            if held:
+                self.alive_at = now
+                self._write(now if self.standing is None else max(now, self.standing))
+
     def set_limit(self, limit):
         """No deadline may pass ``limit`` (the graceful timeout).  Safe in a signal handler.
 

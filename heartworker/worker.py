@@ -26,14 +26,13 @@ from gunicorn.arbiter import Arbiter
 from . import native
 from .aftermath import Aftermath, ordinal, shared_dir
 from .answer import answer_timeout, noting_response
+from .flavor import SyncFlavor
 from .guard import CANCEL_SIGNAL, Guard
 from .heartbeat import Heartbeat, check_protocol
 from .registry import Registry
 from .report import Watch, duration
 from .section import SectionCapExceeded, activate
 from .settings import STARTUP_STALL, SettingError, Settings, from_gunicorn
-from .flavor import SyncFlavor
-
 
 
 def guard_tick(timeout):
