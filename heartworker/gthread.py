@@ -54,6 +54,21 @@ OURS = SERVER + ("<frozen ", os.path.dirname(os.path.abspath(__file__)) + os.sep
 STDLIB = tuple(dict.fromkeys(os.path.dirname(m.__file__) + os.sep for m in (os, sysconfig)))
 
 
+def _in_stdlib(name):
+    for stdlib in STDLIB:
+        if name.startswith(stdlib):
+            return "-packages" not in name[len(stdlib):]      # not a site-/dist-packages library
+    return False
+
+
+def in_server_code(frame):
+    """Is the thread in Gunicorn's own code (writing the response), perhaps through the
+    standard library (a selector waiting for the socket)?"""
+    while frame is not None and _in_stdlib(frame.f_code.co_filename):
+        frame = frame.f_back
+    return frame is not None and frame.f_code.co_filename.startswith(SERVER)
+
+
 def runs_app_code(frame):
     """Is ``frame`` (a thread's innermost Python frame) the app's, not Python's or Gunicorn's?
 
@@ -66,12 +81,7 @@ def runs_app_code(frame):
     if frame is None:
         return False
     name = frame.f_code.co_filename
-    if name.startswith(OURS):
-        return False
-    for stdlib in STDLIB:
-        if name.startswith(stdlib):
-            return "-packages" in name[len(stdlib):]      # site- or dist-packages: a library
-    return True
+    return not name.startswith(OURS) and not _in_stdlib(name)
 
 
 def thread_cpu(ident):
@@ -123,8 +133,7 @@ class ThreadFlavor:
 
     def sending(self, request):
         """Is the request's thread in Gunicorn's own code (sending the response)?"""
-        frame = sys._current_frames().get(request.owner)
-        return frame is not None and frame.f_code.co_filename.startswith(SERVER)
+        return in_server_code(sys._current_frames().get(request.owner))
 
     def escalates(self, section):
         """Past the grace, retire the worker if the exception was sent and did not end the
@@ -160,7 +169,7 @@ class ThreadFlavor:
             frame = sys._current_frames().get(owner)
             if runs_app_code(frame) and self.send(guard, section):
                 return
-            if frame is not None and frame.f_code.co_filename.startswith(SERVER):
+            if in_server_code(frame):
                 self.in_server.add(owner)          # sending to the client: not now
                 return
             self.in_server.discard(owner)

@@ -1,5 +1,6 @@
 """The runnable framework examples in examples/, under real Gunicorn (issue 13)."""
 
+import re
 import time
 
 import pytest
@@ -12,8 +13,8 @@ SLOW_LOAD = {"EXAMPLE_SHARDS": "4", "EXAMPLE_SHARD_SECONDS": "0.7"}   # 2.8 s > 
 
 
 def check_example(srv, hang_ends_with):
-    log = srv.log()
-    assert "heartworker: startup took 2." in log, "a slow model load, reported"
+    took = re.search(r"heartworker: startup took ([\d.]+)s", srv.log())
+    assert took and float(took.group(1)) >= 2.8, ("a slow model load, reported", srv.log())
     status, took = timed_get(srv, "/predict?s=3")
     assert status == 200 and took >= 3, "the long view survives --timeout 2"
     assert srv.get("/quick").status_code == 200
