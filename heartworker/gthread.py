@@ -131,6 +131,11 @@ class ThreadFlavor:
             return max(beat_at, now - LOOP_EVERY)
         return None
 
+    def forget(self, owner):
+        """The thread's request is over: what was noted about its cancellation goes."""
+        self.in_server.discard(owner)
+        self.waiting.pop(owner, None)
+
     def sending(self, request):
         """Is the request's thread in Gunicorn's own code (sending the response)?"""
         return in_server_code(sys._current_frames().get(request.owner))
@@ -267,6 +272,7 @@ class ThreadWorker(HeartWorkerMixin, gthread.ThreadWorker):
             try:
                 self.heart.request_done(request, lambda: _async_raise(ident, None))
                 RequestCancelled.messages.pop(ident, None)
+                self.flavor.forget(ident)
                 return
             except SectionCapExceeded:
                 continue    # sent just before the request ended, and raised right here
