@@ -148,7 +148,7 @@ class Guard:
                 target.why = "past --timeout while Gunicorn sends its response"
                 self.log.warning("heartworker: %s is past --timeout (%.2f s elapsed) while "
                                  "Gunicorn sends its response to the client; it is not ended "
-                                 "(as in stock Gunicorn)", target.describe(), now - target.started)
+                                 "(as in stock Gunicorn)", target.label(), now - target.started)
                 continue
             running = reg.inside_section(frame, target)
             where = frame if running else self.flavor.frame_of(target)
@@ -264,7 +264,7 @@ class Guard:
         elapsed = max(0.0, now - section.started)
         note = ""
         if isinstance(section, Request) and reg.limit >= section.deadline:
-            return (f"heartworker: {section.describe()} ran longer than --timeout "
+            return (f"heartworker: {section.label()} ran longer than --timeout "
                     f"({section.cap:g} s) outside every section: {elapsed:.2f} s elapsed")
         if reg.limit < min(due.deadline, due.stall_at):
             why = "ran past the graceful timeout after SIGTERM"
@@ -284,13 +284,11 @@ class Guard:
                 why = "ran past its cap"
             if (bound or section) is self.startup:
                 note = self.startup_note(STARTUP_CAP, self.startup.cap)   # too small, or a hang
-        what = "" if isinstance(section, Request) else "section "
-        return (f"heartworker: {what}{section.describe()} {why}: "
+        return (f"heartworker: {section.label()} {why}: "
                 f"{elapsed:.2f} s elapsed, cap {section.cap:g} s{note}")
 
     def overdue_message(self, section, cancelled_at, now):
-        what = "" if isinstance(section, Request) else "section "
-        return (f"heartworker: {what}{section.describe()} is still running "
+        return (f"heartworker: {section.label()} is still running "
                 f"{now - cancelled_at:.2f} s after its deadline "
                 f"({now - section.started:.2f} s elapsed, cap {section.cap:g} s) "
                 f"although it was cancelled: the cancellation did not take "
@@ -298,9 +296,8 @@ class Guard:
 
     def cancel(self, section, message, frame, running):
         """Log, then have SectionCapExceeded raised in the section's code; the worker lives."""
-        what = "request" if isinstance(section, Request) else "section"
         self.log.critical("%s; cancelling the %s (SectionCapExceeded; the worker lives "
-                          "on). Its stack (most recent call last):\n%s", message, what,
+                          "on). Its stack (most recent call last):\n%s", message, section.kind,
                           format_stack(frame))
         self.count("heartworker.cancel")
         self.flavor.interrupt(self, section, running)

@@ -147,6 +147,12 @@ class Section:
         """When the stall limit ends it: last progress + ``stall`` (inf with no limit)."""
         return INF if self.stall is None else self.progress_at + self.stall
 
+    kind = "section"   # what log lines call it
+
+    def label(self):
+        """``section 'load model'``, ``request 'GET /x'``: as log lines name it."""
+        return f"{self.kind} {self.describe()}"
+
     def describe(self):
         if self.name:
             return repr(self.name)
@@ -166,12 +172,10 @@ class Request(Section):
     """
 
     __slots__ = ()
+    kind = "request"
 
     def __init__(self, registry, name, cap, owner, frame, started):
         super().__init__(registry, name, cap, started + cap, owner, frame, started)
-
-    def describe(self):
-        return f"request {self.name!r}"
 
 
 class Registry:

@@ -101,7 +101,11 @@ class Server:
         self._logfile.close()
 
     def __enter__(self):
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()       # a server that did not become ready is stopped too
+            raise
 
     def __exit__(self, *exc):
         self.stop()
