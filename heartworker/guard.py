@@ -210,7 +210,8 @@ class Guard:
                              "%g s) but its code is not running (left open in a suspended "
                              "generator, or never closed); it no longer counts",
                              candidate.describe(), now - candidate.started, candidate.cap)
-            reg.exit(candidate)
+            if not reg.drop(candidate, self.lock_wait()):
+                candidate.why = "left open; it no longer counts"   # (acted on once)
         return None
 
     def take_due(self, now, held):
@@ -222,9 +223,8 @@ class Guard:
         due = []
         earliest = reg.earliest(held)
         while earliest is not None and reg.deadline_of(earliest) <= now:
-            if not held:          # only read: the heap keeps it, so act on it once
-                if earliest.why is None:
-                    due.append((earliest, reg.innermost(earliest)))
+            if not held:          # only read: the heap keeps it (acted on once: see earliest)
+                due.append((earliest, reg.innermost(earliest)))
                 break
             due.append((earliest, reg.innermost(earliest)))
             reg.pop_earliest()

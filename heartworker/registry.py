@@ -271,6 +271,18 @@ class Registry:
         if done:
             _release_frames(done)
 
+    def drop(self, section, wait):
+        """Close a section left open, for the guard: never waits longer than ``wait``.
+
+        ``exit`` waits for the lock; the guard must not (the serving thread may
+        be frozen holding it).  Without the lock the section stays open: the
+        next step that has the lock drops it.
+        """
+        with self.region(wait) as held:
+            if held:
+                self.deferred.append(section)     # closed by the region's end
+        return held
+
     def progress(self, note=None, section=None):
         """Progress for the current owner's sections (or for ``section``'s owner): cheap.
 
@@ -489,8 +501,8 @@ class Registry:
         the heap is only read.
         """
         heap = self.heap
-        if not held:
-            return min((s for _, _, s in list(heap) if not s.closed),
+        if not held:              # (nor one being dealt with already: see take_due)
+            return min((s for _, _, s in list(heap) if not s.closed and s.why is None),
                        key=self.deadline_of, default=None)
         while heap:
             key, _, section = heap[0]

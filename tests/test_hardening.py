@@ -10,6 +10,7 @@ import re
 import time
 
 import pytest
+import requests
 
 from tests.timing import in_background, killed, timed_get, wait_dead
 
@@ -42,6 +43,22 @@ def test_app_code_frozen_inside_heartworkers_update_is_treated_as_stuck(start):
     assert "treating it as stuck" in log, log
     assert re.search(r"section '(outer|inner)' ran past", log), log
     assert "finalizer_that_never_returns" in log
+
+
+def test_a_left_open_section_due_while_the_serving_thread_is_frozen_never_blocks_the_guard(start):
+    # The guard drops a section left open when its deadline passes. It once did so
+    # by waiting for the lock that the frozen serving thread holds: it then never
+    # ran again, and 'outer' was ended only by the arbiter, silently, at its
+    # deadline + --timeout (never, with --timeout 0).
+    srv = start()
+    assert srv.get("/abandon_generator?cap=1").status_code == 200
+    status, took = timed_get(srv, "/frozen_in_update?cap=4")
+    assert killed(status), srv.log()
+    log = srv.log()
+    assert "treating it as stuck" in log, "the handler never ran inside an update: no test"
+    assert "section 'generator' passed its deadline" in log, log
+    assert re.search(r"section '(outer|inner)' ran past", log), "the guard is blocked: " + log
+    assert took < 4 + MARGIN
 
 
 # -- 2. fork: a child never vouches for its parent ---------------------------------------------
@@ -133,6 +150,15 @@ def test_sections_entered_through_helpers_vouch_for_the_with_body(start, kind):
     status, took = timed_get(srv, f"/helper?kind={kind}&s=4&busy=1")
     assert status == 200 and took >= 4, srv.log()
     assert "WORKER TIMEOUT" not in srv.log()
+
+
+def test_entering_one_section_object_twice_is_refused_in_a_worker_as_outside_one(start):
+    srv = start()
+    pid = srv.get("/pid").text
+    r = requests.get(srv.url("/enter_twice?s=2.5"), timeout=30)
+    assert r.status_code == 200 and "already entered" in r.text, r.text   # as test_units checks
+    assert "WORKER TIMEOUT" not in srv.log(), "both entries that were allowed vouched"
+    assert srv.get("/pid").text == pid
 
 
 def test_a_section_entered_through_a_helper_is_still_capped(start):

@@ -360,6 +360,21 @@ def busy_with_a_condition(seconds):
             pass
 
 
+def enter_twice(seconds):
+    """One long_section object entered again while open: refused, and the first entry still counts."""
+    section = long_section("once", cap=30)
+    with section:
+        try:
+            section.__enter__()
+            refused = "entered twice"
+        except RuntimeError as exc:
+            refused = str(exc)
+        busy_outside(seconds)           # the first entry still vouches
+    with section:                       # and the object can be entered again once left
+        busy_outside(seconds)
+    return refused.encode()
+
+
 def deep(depth, work):
     if depth:
         return deep(depth - 1, work)
@@ -490,6 +505,8 @@ def route(path, q):
         return fanout(int(q("n", 100)), s)
     elif path == "/decorated":
         return decorated(s)
+    elif path == "/enter_twice":
+        return enter_twice(s)
     else:
         return None
     return b"done"
