@@ -391,7 +391,7 @@ class Registry:
         """Write "alive now": the threaded worker's graceful stop while it retires, which
         Gunicorn 23's wait does not notify (bounded by the guard: see ``Guard.retire``)."""
         with self.region(LOCK_WAIT) as held:
-            if held:
+            if held and self.enabled:
                 self.alive_at = now
                 self._write(now if self.standing is None else max(now, self.standing))
 
@@ -416,6 +416,17 @@ class Registry:
             if self.written is not None:
                 self._write(self.alive_at)
                 self.written = None
+
+    def aborting(self, alive_at):
+        """The worker is being aborted: never vouch again, and say it was last alive at ``alive_at``.
+
+        Safe in a signal handler (no lock: nothing is written after this).  The
+        arbiter's SIGKILL then waits for ``alive_at`` + ``--timeout``: the
+        abort's handler gets that long to answer its client and exit.
+        """
+        self.enabled = False
+        self.standing = None
+        self._write(alive_at)
 
     def forked(self):
         """In a child forked from this worker: never vouch, never wait (``os.register_at_fork``).
@@ -567,6 +578,8 @@ class Registry:
         ``loop_seen`` is when the serving loop last answered a probe, if it
         answered the latest one (the loop is free), else None.
         """
+        if not self.enabled:
+            return                # disabled, or aborting: nothing more is written
         if held:
             self.apply_limit()
         if inside:

@@ -34,6 +34,8 @@ from .report import Watch, duration
 from .section import SectionCapExceeded, activate
 from .settings import STARTUP_STALL, SettingError, Settings, from_gunicorn
 
+ANSWER_TIME = 1.0   # seconds an aborting worker has to answer before the arbiter's SIGKILL
+
 
 def guard_tick(timeout):
     """How often the guard looks while a section is open: a quarter of ``--timeout``."""
@@ -195,6 +197,12 @@ class HeartWorkerMixin:
             self.abort_cause = guard.abort_cause
         else:
             self.abort_cause = f"the request ran longer than --timeout ({self.cfg.timeout:g} s)"
+        if self.heart is not None and self.cfg.timeout:
+            # The arbiter sends SIGKILL at its next look if the heartbeat is still
+            # stale, and it looks again at every signal it gets (a worker's exit):
+            # often milliseconds after its SIGABRT, before this abort has answered.
+            # Stock waits for that look too; give the answer ANSWER_TIME instead.
+            self.heart.aborting(monotonic() - self.cfg.timeout + ANSWER_TIME)
         super().handle_abort(sig, frame)
 
     def handle_cancel(self, sig, frame):

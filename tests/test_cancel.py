@@ -6,6 +6,7 @@ app) serves on.  A section still running HEARTWORKER_CANCEL_GRACE seconds
 later, or one opened with cancel=False, gets the worker aborted as before.
 """
 
+import signal
 import socket
 import threading
 
@@ -120,6 +121,33 @@ def test_a_request_outside_sections_is_killed_at_timeout_and_answered_504(start)
     r = srv.get("/busy?s=30" if "Gevent" in srv.worker else "/hang")
     assert_504(r, "the request ran longer than --timeout (2 s)")
     assert "WORKER TIMEOUT" in srv.log()
+
+
+def test_the_504_at_timeout_is_answered_while_the_arbiter_looks_again_at_once(start, tmp_path):
+    # The arbiter looks for stale workers again at every signal it gets (a worker's
+    # exit, a TTIN): its SIGKILL then followed its SIGABRT within milliseconds, and
+    # a loaded machine, or a worker_abort hook that takes a moment (an error
+    # reporter's flush), lost the 504: the connection just closed (found by
+    # benchmarks/soak.py).
+    conf = tmp_path / "conf.py"
+    conf.write_text("import time\n"
+                    "def worker_abort(worker):\n"
+                    "    time.sleep(0.3)   # flushing an error reporter\n")
+    srv = start(args=["-c", str(conf)])
+    stop = threading.Event()
+
+    def wake_the_arbiter():
+        while not stop.wait(0.01):
+            srv.proc.send_signal(signal.SIGWINCH)     # handled, and it looks again
+
+    waker = threading.Thread(target=wake_the_arbiter, daemon=True)
+    waker.start()
+    try:
+        r = srv.get("/busy?s=30" if "Gevent" in srv.worker else "/hang")
+    finally:
+        stop.set()
+        waker.join()
+    assert_504(r, "the request ran longer than --timeout (2 s)")
 
 
 def test_a_cancelled_streaming_response_is_truncated_without_a_second_status_line(start):
