@@ -12,7 +12,7 @@ class SyncFlavor:
     retires = False   # the backstop aborts the worker
 
     @staticmethod
-    def escalates(section):
+    def escalates(section, running):
         """A cancelled section still running after the grace gets the worker aborted."""
         return True
 

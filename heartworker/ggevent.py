@@ -36,10 +36,16 @@ class GeventFlavor:
     owner = staticmethod(getcurrent)
     retires = False   # the backstop aborts the worker
 
-    @staticmethod
-    def escalates(section):
-        """A cancelled section still running after the grace gets the worker aborted."""
-        return True
+    def escalates(self, section, running):
+        """A cancelled section still running after the grace gets the worker aborted.
+
+        Except a waiting greenlet whose cancellation has not reached it because
+        another greenlet blocks the hub (its exception is thrown from the hub):
+        its grace has not really begun.  That wait is bounded: the blocking
+        greenlet is inside its own section (ended at its deadline) or is killed
+        at ``--timeout``.  Once the hub is free, the throw runs at once.
+        """
+        return running or section.delivered or self.probe_seen >= self.probe_sent
 
     def __init__(self, hub):
         self.loop = hub.loop

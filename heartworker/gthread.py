@@ -140,7 +140,7 @@ class ThreadFlavor:
         """Is the request's thread in Gunicorn's own code (sending the response)?"""
         return in_server_code(sys._current_frames().get(request.owner))
 
-    def escalates(self, section):
+    def escalates(self, section, running):
         """Past the grace, retire the worker if the exception was sent and did not end the
         thread, or could not be sent because the thread is stuck in library code.
 
@@ -201,7 +201,7 @@ class ThreadFlavor:
             escalate_at = monotonic() + guard.grace
             for i, (at, each) in enumerate(guard.overdue):
                 if each.owner == owner:
-                    each.delivered = True
+                    each.delivered = escalate_at - guard.grace
                     guard.overdue[i] = (max(at, escalate_at), each)
             return True
 

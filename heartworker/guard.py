@@ -170,8 +170,11 @@ class Guard:
             self.cancel(target, message, where, running)
             undelivered = True
         for escalate_at, section in self.overdue:
-            if not section.closed and escalate_at <= now and self.flavor.escalates(section):
-                running = reg.inside_section(frame, section)
+            if section.closed or escalate_at > now or \
+                    section.delivered and section.delivered + self.grace > now:
+                continue          # (the grace counts from the send, or from the delivery)
+            running = reg.inside_section(frame, section)
+            if self.flavor.escalates(section, running):
                 if self.escalate(self.overdue_message(section, escalate_at - self.grace, now),
                                  frame if running else self.flavor.frame_of(section), section):
                     return
@@ -183,8 +186,8 @@ class Guard:
         wake = now + self.tick
         if earliest is not None:
             wake = min(wake, reg.deadline_of(earliest))
-        for escalate_at, _ in self.overdue:
-            wake = min(wake, escalate_at)
+        for escalate_at, section in self.overdue:
+            wake = min(wake, max(escalate_at, (section.delivered or 0) + self.grace))
         if undelivered:
             wake = min(wake, now + RESEND)
         wake = min(wake, look_at)
@@ -323,8 +326,9 @@ class Guard:
             return max(pending, key=lambda s: s.started).why
         if any(s.delivered for s in pending):
             return None
+        now = monotonic()
         for section in pending:
-            section.delivered = True
+            section.delivered = now   # (its grace counts from now: see step)
         return pending[0].why
 
     def signal_serving_thread(self):

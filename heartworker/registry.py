@@ -126,7 +126,8 @@ class Section:
         self.bound = None
         self.cancel = cancel      # False: its deadline aborts the worker instead
         self.why = None           # the cancellation's message, once the guard cancels it
-        self.delivered = False    # a waiting greenlet got its SectionCapExceeded (once)
+        self.delivered = False    # when its exception was delivered (once): a waiting
+        #                           greenlet's throw, a request thread's async raise
         self.stall = stall        # longest time without progress (None: no limit)
 
     # Progress is its owner's (see Registry.progress): read it from there.

@@ -1,10 +1,14 @@
 """The runnable framework examples in examples/, under real Gunicorn (issue 13)."""
 
+import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 
+from tests.gunicorn_server import ROOT
 from tests.timing import killed, timed_get
 
 TIMEOUT = 2
@@ -44,3 +48,17 @@ def test_the_django_project_with_the_threaded_worker(server):
     time.sleep(0.5)
     srv.wait_ready()
     assert srv.get("/quick").status_code == 200, "a new worker serves"
+
+
+def test_the_demo_shows_what_the_readme_says():
+    # The README's first command (examples/demo.sh runs examples/demo.py in .venv).
+    done = subprocess.run([sys.executable, os.path.join("examples", "demo.py")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert re.search(r"GET /report\s+-> 200", out), out
+    assert re.search(r"GET /hang\s+-> KILLED \(504\)", out), out
+    assert re.search(r"GET /stuck\s+-> CANCELLED \(504\)", out), out
+    assert "serves on: yes" in out, "the worker that served /stuck lives on: " + out
+    assert re.search(r"GET /export\s+-> CANCELLED \(504\)", out), out
+    assert re.search(r"stock.*\n\s+GET /report\s+-> KILLED", out), out

@@ -36,6 +36,24 @@ def test_cpu_hog_outside_sections_is_killed_while_another_greenlet_waits_in_a_se
     waiting.join(10)
 
 
+def test_a_waiting_greenlet_cancelled_while_another_blocks_the_hub_in_its_section_is_not_aborted(
+        gevent_server):
+    # The waiting greenlet's exception is thrown from the hub, which a CPU-bound greenlet
+    # inside its own section keeps busy past the waiting one's grace: its grace had not
+    # begun.  The worker was aborted, and with it the legitimate CPU-bound request
+    # (found by benchmarks/soak.py).
+    srv = gevent_server(timeout=TIMEOUT)
+    pid = srv.get("/pid").text
+    waiting, results = in_background(srv, "/section_hang?cap=1&name=upstream")
+    time.sleep(0.3)
+    status, took = timed_get(srv, "/section_busy?s=3&cap=10&name=inference")
+    waiting.join(30)
+    assert status == 200, srv.log()
+    hung_status, hung_took = results["/section_hang?cap=1&name=upstream"]
+    assert killed(hung_status) and hung_took < 3.3 + MARGIN, (hung_status, hung_took)
+    assert srv.get("/pid").text == pid and "did not take" not in srv.log(), srv.log()
+
+
 def test_a_waiting_greenlet_past_its_cap_is_cancelled_alone(gevent_server):
     srv = gevent_server(timeout=TIMEOUT)
     pid = srv.get("/pid").text

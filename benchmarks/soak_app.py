@@ -1,0 +1,93 @@
+"""The soak's WSGI app: one route per kind of request in ``benchmarks/soak_rules.py``.
+
+Each request names itself in the ``X-Soak-Id`` header. The app appends
+``<id> <pid>`` to the journal file (``SOAK_JOURNAL``) as it starts the request,
+so that the soak knows which worker had a request when that worker died.
+The route names and numbers are the soak rules' (``?s=`` seconds, ``?cap=``).
+"""
+
+import os
+import time
+from urllib.parse import parse_qs
+
+from heartworker import long_section
+
+JOURNAL = os.environ.get("SOAK_JOURNAL")
+
+
+def journal(rid):
+    """Append ``rid pid`` (one write on an O_APPEND file: lines never interleave)."""
+    if JOURNAL and rid:
+        fd = os.open(JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, f"{rid} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+
+
+def hold_gil_for(seconds):
+    """Hold the GIL in one C call for about ``seconds`` (``sum(range(n))`` never releases it).
+
+    ``n`` comes from a measure taken now: this machine's speed under the soak's own load.
+    """
+    n, took = 300_000, []
+    for _ in range(3):          # the fastest of three: a measure the scheduler cut into is slow
+        t = time.perf_counter()
+        sum(range(n))
+        took.append(time.perf_counter() - t)
+    sum(range(int(seconds * n / min(took))))
+
+
+def busy(seconds):
+    """Python code that runs (and can be interrupted) for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+FOREVER = 3600
+
+
+def route(path, s, cap):
+    if path == "/fast":
+        pass
+    elif path == "/long":                      # waits inside a section, within its cap
+        with long_section("soak long", cap=cap):
+            time.sleep(s)
+    elif path == "/cpu":                       # Python CPU inside a section, within its cap
+        with long_section("soak cpu", cap=cap):
+            busy(s)
+    elif path == "/gil":                       # C code holding the GIL inside a section
+        with long_section("soak gil", cap=cap):
+            hold_gil_for(s)
+    elif path == "/cap_wait":                  # waits past its cap
+        with long_section("soak cap_wait", cap=cap):
+            time.sleep(FOREVER)
+    elif path == "/cap_busy":                  # Python CPU past its cap
+        with long_section("soak cap_busy", cap=cap):
+            busy(FOREVER)
+    elif path == "/stalled":                   # progress, then none: ended at its stall limit
+        with long_section("soak stalled", cap=cap, stall=s) as section:
+            for i in range(3):
+                busy(0.3)
+                section.progress(f"step {i}")
+            busy(FOREVER)
+    elif path == "/hang_busy":                 # Python CPU outside every section
+        busy(FOREVER)
+    elif path == "/hang_wait":                 # waits outside every section
+        time.sleep(FOREVER)
+    else:
+        return "404 Not Found", b"no such route\n"
+    return "200 OK", f"ok {os.getpid()}\n".encode()
+
+
+def app(environ, start_response):
+    journal(environ.get("HTTP_X_SOAK_ID"))
+    q = parse_qs(environ.get("QUERY_STRING", ""))
+    s = float(q.get("s", ["0"])[0])
+    cap = float(q.get("cap", ["60"])[0])
+    status, body = route(environ.get("PATH_INFO", "/"), s, cap)
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+

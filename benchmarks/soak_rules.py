@@ -1,0 +1,169 @@
+"""What the README promises for each kind of soak request: the one place the soak's verdicts come from.
+
+A *kind* is a request the soak sends (a route of ``benchmarks/soak_app.py``).
+For each worker class, ``expected(kind, flavor)`` lists the outcomes the
+README's semantics allow, each with its bounds:
+
+* ``200``: the request must survive (fast, or long work inside a section within
+  its cap, a C call holding the GIL included);
+* ``504`` naming the section or ``--timeout``, between the deadline and the
+  deadline + ``CANCEL_GRACE`` + ``SLACK`` (a cancelled section, or a request
+  ended at ``--timeout`` outside sections);
+* ``closed`` (no status): the threaded worker retiring around a thread it
+  cannot interrupt, and C code holding the GIL until the arbiter kills.
+
+``ends_worker`` says the request legitimately ends its worker (the sync worker's
+``--timeout`` abort, gevent's hub blocked outside sections, the threaded worker
+retiring, the arbiter's kill while the GIL is held).  Every other death of a
+worker must be explained by a fault the soak injected.
+
+*Collateral*: a request whose worker died of an explained cause after the
+request began may end in any of ``200``, ``504`` or ``closed`` (a gevent abort
+closes its other connections; a graceful stop cancels sections at
+``--graceful-timeout``; SIGKILL closes everything).  Never a ``500``, a read
+timeout, or another status.
+"""
+
+from dataclasses import dataclass
+
+TIMEOUT = 2.0        # --timeout of every soak server
+GRACEFUL = 2.0       # --graceful-timeout (tests/gunicorn_server.py)
+CANCEL_GRACE = 1.0   # HEARTWORKER_CANCEL_GRACE (its default)
+SLACK = 3.0          # the arbiter's 1 s loop, a loaded 2-core machine
+CLIENT_TIMEOUT = 30.0
+
+LONG = 2.5           # long work within its cap: longer than --timeout
+CAP = 2.0            # the cap of the sections that pass it
+STALL = 1.5          # the stall limit of /stalled, after 3 x 0.3 s of progress
+GIL_HOLD = CAP + TIMEOUT + 4   # held past the moment the arbiter kills
+
+
+@dataclass(frozen=True)
+class Expect:
+    outcome: str                 # "200", "504" or "closed"
+    lo: float = 0.0              # seconds from sending to the answer
+    hi: float = CLIENT_TIMEOUT
+    names: str = ""              # a 504's body names this
+    ends_worker: bool = False    # the request legitimately ends its worker
+
+    def allows(self, outcome, elapsed, body):
+        return (outcome == self.outcome and self.lo <= elapsed <= self.hi
+                and self.names in body)
+
+    def __str__(self):
+        named = f" naming {self.names!r}" if self.names else ""
+        return f"{self.outcome}{named} in {self.lo:.1f}-{self.hi:.1f} s"
+
+
+def cancelled(deadline, name):
+    return Expect("504", deadline, deadline + CANCEL_GRACE + SLACK, name)
+
+
+def timed_out(ends_worker):
+    """504 naming --timeout: counted from the last heartbeat, up to --timeout / 2 before the request."""
+    return Expect("504", TIMEOUT / 2, TIMEOUT + CANCEL_GRACE + SLACK, "--timeout", ends_worker)
+
+
+def aborted_by_the_arbiter():
+    """The arbiter's abort at --timeout: a 504, or a connection closed by its early SIGKILL.
+
+    The arbiter looks for stale workers again at every signal it gets, and a
+    worker it has just aborted exiting is one: a second worker aborted in the
+    same look may get its SIGKILL before it has run its SIGABRT handler (see
+    the README's Limits).  Stock Gunicorn does the same.
+    """
+    return [timed_out(True),
+            Expect("closed", TIMEOUT / 2, TIMEOUT + 1 + SLACK, ends_worker=True)]
+
+
+def retired(deadline):
+    """The threaded worker retires: the connection closes when it exits, after its graceful wait."""
+    return Expect("closed", deadline + CANCEL_GRACE,
+                  deadline + CANCEL_GRACE + GRACEFUL + SLACK, ends_worker=True)
+
+
+# C code holding the GIL past its cap: the arbiter kills at the cap + --timeout (+ its 1 s
+# loop, + 1 s more if SIGABRT's handler cannot run before its SIGKILL).  Under gevent and
+# in the threaded worker, the standing vouch covers it up to the latest deadline that
+# any greenlet or thread has open (a neighbour's section: NEIGHBOUR_CAP).  If the call
+# returns first, the section ends on its own (200) or is cancelled (504), and the
+# arbiter's SIGABRT, if it was sent, still ends the worker.
+NEIGHBOUR_CAP = 10.0       # the cap of /long, /cpu and /gil
+
+
+def gil_past_cap(latest_deadline):
+    end = latest_deadline + TIMEOUT + 2 + SLACK
+    return [Expect("closed", CAP + TIMEOUT - 0.5, end, ends_worker=True),
+            Expect("200", CAP, end, ends_worker=True),
+            Expect("504", CAP, end, "soak gil", ends_worker=True)]
+
+
+SURVIVES = Expect("200")
+SURVIVES_LONG = Expect("200", LONG)
+
+# kind: (path, weight in the deck, {flavor: [allowed outcomes]}); flavors are
+# "sync", "gevent" and "gthread"; a kind a flavor does not list is not sent to it.
+KINDS = {
+    "fast": ("/fast", 10, {
+        "sync": [SURVIVES], "gevent": [SURVIVES],
+        # A thread kept from the GIL by a neighbour's C call past --timeout has run
+        # longer than --timeout: ending it is the threaded worker's rule.
+        "gthread": [SURVIVES, timed_out(False)]}),
+    "long": (f"/long?s={LONG}&cap={NEIGHBOUR_CAP}", 2, {
+        "sync": [SURVIVES_LONG], "gevent": [SURVIVES_LONG], "gthread": [SURVIVES_LONG]}),
+    "cpu": (f"/cpu?s={LONG}&cap={NEIGHBOUR_CAP}", 2, {
+        "sync": [SURVIVES_LONG], "gevent": [SURVIVES_LONG], "gthread": [SURVIVES_LONG]}),
+    "gil": (f"/gil?s={LONG}&cap={NEIGHBOUR_CAP}", 1, {     # (a C call's length is only about LONG)
+        "sync": [SURVIVES], "gevent": [SURVIVES], "gthread": [SURVIVES]}),
+    "cap_wait": (f"/cap_wait?cap={CAP}", 1, {
+        "sync": [cancelled(CAP, "soak cap_wait")],
+        "gevent": [cancelled(CAP, "soak cap_wait")],
+        "gthread": [retired(CAP)]}),          # a thread in time.sleep cannot be interrupted
+    "cap_busy": (f"/cap_busy?cap={CAP}", 1, {
+        "sync": [cancelled(CAP, "soak cap_busy")],
+        "gevent": [cancelled(CAP, "soak cap_busy")],
+        "gthread": [cancelled(CAP, "soak cap_busy")]}),
+    "stalled": (f"/stalled?s={STALL}&cap=30", 1, {
+        "sync": [cancelled(0.9 + STALL, "soak stalled")],
+        "gevent": [cancelled(0.9 + STALL, "soak stalled")],
+        "gthread": [cancelled(0.9 + STALL, "soak stalled")]}),
+    "hang_busy": ("/hang_busy", 1, {
+        "sync": aborted_by_the_arbiter(),     # as stock
+        "gevent": aborted_by_the_arbiter(),   # the hub blocked outside sections
+        "gthread": [timed_out(False)]}),      # cancelled in its thread: the worker lives
+    "hang_wait": ("/hang_wait", 1, {
+        "sync": aborted_by_the_arbiter(),
+        # gevent: a greenlet that waits outside sections is never ended (stock): not sent.
+        "gthread": [retired(TIMEOUT)]}),
+    "gil_cap": (f"/gil?s={GIL_HOLD}&cap={CAP}", 1, {
+        "sync": gil_past_cap(CAP),
+        "gevent": gil_past_cap(NEIGHBOUR_CAP),
+        "gthread": gil_past_cap(NEIGHBOUR_CAP)}),
+}
+
+COLLATERAL = ("200", "504", "closed")     # a request on a worker that died of an explained cause
+
+
+def path(kind):
+    return KINDS[kind][0]
+
+
+def kinds_for(flavor):
+    """{kind: weight} of the kinds sent to ``flavor``'s worker."""
+    return {kind: weight for kind, (_, weight, allowed) in KINDS.items() if flavor in allowed}
+
+
+def expected(kind, flavor):
+    return KINDS[kind][2][flavor]
+
+
+def verdict(kind, flavor, outcome, elapsed, body):
+    """The Expect this answer fulfils, or None: an unexpected outcome (unless collateral)."""
+    for expect in expected(kind, flavor):
+        if expect.allows(outcome, elapsed, body):
+            return expect
+    return None
+
+
+def ends_worker(kind, flavor):
+    return any(e.ends_worker for e in expected(kind, flavor))
