@@ -51,7 +51,7 @@ class Result:
     rid: str
     start: float
     end: float = 0.0
-    outcome: str = ""       # "200", "504", ..., "closed", "timeout", "error: ..."
+    outcome: str = ""       # "200", "504", ..., "closed", "truncated", "timeout", "error: ..."
     body: str = ""
     verdict: str = ""       # "expected", "collateral", or why it is unexpected
 
@@ -141,7 +141,9 @@ def send(srv, kind, rid):
         return "timeout", ""
     except requests.ConnectionError:
         return "closed", ""
-    except requests.RequestException as exc:     # a truncated body, ...
+    except requests.exceptions.ChunkedEncodingError:
+        return "truncated", ""                   # closed in the middle of the body
+    except requests.RequestException as exc:
         return f"error: {type(exc).__name__}", str(exc)
 
 

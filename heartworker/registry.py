@@ -311,23 +311,27 @@ class Registry:
             self.land(sys._getframe(2))
 
     def beat(self, notify):
-        """Run Gunicorn's ``notify()``: the serving loop is alive now.
+        """Gunicorn's heartbeat: the serving loop is alive now.
 
-        In a region, so that the guard never writes between Gunicorn's write
-        and the standing vouch's.
+        While a vouch stands, the file gets the later of now and the vouch, in
+        one write, instead of Gunicorn's ``notify()``: that writes "now" first,
+        and a request thread that takes the GIL during its ``utime`` for a long
+        C call (the threaded worker) would be left with "now" for the whole call
+        (found by benchmarks/soak.py).  ``GeventWorker.notify()`` also checks
+        the parent; while a section is open, the guard does that.  In a region,
+        so that the guard never writes in between.
         """
         with self.region() as held:
             if not held:          # re-entered from a signal handler: just Gunicorn's heartbeat
                 notify()
                 return
-            notify()
             now = monotonic()
             self.apply_limit()
             self.alive_at = now
             if self.standing is None:
+                notify()
                 self.written = None   # Gunicorn's notify() just wrote "now"
             else:
-                # Gunicorn's notify() just overwrote the standing vouch with "now".
                 self._write(max(now, self.standing))
 
     def adopt(self, owner):

@@ -93,6 +93,18 @@ def test_gunicorns_heartbeat_withdraws_a_vouch_left_standing():
     assert reg.written is None and len(reg.heartbeat.writes) == 1
 
 
+def test_gunicorns_heartbeat_never_writes_below_a_standing_vouch():
+    # Gunicorn's notify() writes "now": a thread that took the GIL for a long C call in
+    # that write's syscall kept "now" instead of its section's vouch (found by the soak).
+    reg = make_registry()
+    section = reg.enter("a", 30.0, None)
+    vouch = reg.heartbeat.writes[-1]
+    notified = []
+    reg.beat(lambda: notified.append(True))
+    assert not notified and reg.heartbeat.writes[-1] >= vouch
+    reg.exit(section)
+
+
 def test_nested_deadline_is_the_earliest_and_only_a_nearer_one_is_written():
     import sys
     here = sys._getframe()
