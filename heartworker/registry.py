@@ -565,6 +565,15 @@ class Registry:
             frame = frame.f_back
         return False
 
+    def past_deadline(self, frame, now):
+        """The innermost open section whose code ``frame``'s stack runs and whose deadline
+        has passed, or None: what the arbiter's abort ended, if C code held the GIL."""
+        for stack in list(self.stacks.values()):
+            for section in reversed(list(stack)):
+                if self.deadline_of(section) <= now and self.inside_section(frame, section):
+                    return section
+        return None
+
     @staticmethod
     def inside_section(frame, section):
         """Is ``frame``'s stack running the code of ``section`` right now?"""

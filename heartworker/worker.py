@@ -193,8 +193,13 @@ class HeartWorkerMixin:
         if self.aftermath is not None:
             self.aftermath.discard()
         guard = self.guard
+        now = monotonic()
+        late = self.heart.past_deadline(frame, now) if self.heart is not None else None
         if guard is not None and guard.aborting:
             self.abort_cause = guard.abort_cause
+        elif late is not None:      # the guard could not run: C code held the GIL
+            self.abort_cause = (f"{late.label()} ran past its deadline ({now - late.started:.2f} s "
+                                f"elapsed, cap {late.cap:g} s) while C code held the GIL")
         else:
             self.abort_cause = f"the request ran longer than --timeout ({self.cfg.timeout:g} s)"
         if self.heart is not None and self.cfg.timeout:
@@ -202,7 +207,7 @@ class HeartWorkerMixin:
             # stale, and it looks again at every signal it gets (a worker's exit):
             # often milliseconds after its SIGABRT, before this abort has answered.
             # Stock waits for that look too; give the answer ANSWER_TIME instead.
-            self.heart.aborting(monotonic() - self.cfg.timeout + ANSWER_TIME)
+            self.heart.aborting(now - self.cfg.timeout + ANSWER_TIME)
         super().handle_abort(sig, frame)
 
     def handle_cancel(self, sig, frame):

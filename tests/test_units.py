@@ -105,6 +105,21 @@ def test_gunicorns_heartbeat_never_writes_below_a_standing_vouch():
     reg.exit(section)
 
 
+def test_the_section_past_its_deadline_is_what_an_arbiters_abort_names():
+    # The arbiter aborts a worker whose section passed its deadline while C code held
+    # the GIL: its 504 named --timeout, not the section (found by the soak).
+    import sys
+    reg = make_registry()
+    here = sys._getframe()
+    outer = reg.enter("outer", 30.0, here)
+    inner = reg.enter("inner", 0.01, here)
+    assert reg.past_deadline(here, inner.deadline + 0.001) is inner
+    assert reg.past_deadline(here, inner.deadline - 0.001) is None
+    assert reg.past_deadline(None, inner.deadline + 1) is None          # not its code
+    reg.exit(inner)
+    reg.exit(outer)
+
+
 def test_nested_deadline_is_the_earliest_and_only_a_nearer_one_is_written():
     import sys
     here = sys._getframe()
