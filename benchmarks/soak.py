@@ -205,7 +205,7 @@ def faults(srv, phase, until, every, rng, journal_path):
         wake = time.monotonic() + every
         if wake >= until:
             return
-        time.sleep(wake - time.monotonic())
+        time.sleep(max(0.0, wake - time.monotonic()))
         inject(srv, phase, name, rng, journal_path)
 
 

@@ -137,7 +137,9 @@ def test_the_504_at_timeout_is_answered_while_the_arbiter_looks_again_at_once(st
     stop = threading.Event()
 
     def wake_the_arbiter():
-        while not stop.wait(0.01):
+        # Every 0.1 s: time for the worker to start its handler (a SIGKILL before that
+        # is the limit the README states), not for the hook to finish.
+        while not stop.wait(0.1):
             srv.proc.send_signal(signal.SIGWINCH)     # handled, and it looks again
 
     waker = threading.Thread(target=wake_the_arbiter, daemon=True)
