@@ -197,12 +197,11 @@ class ThreadFlavor:
             RequestCancelled.messages[owner] = section.why
             _async_raise(owner, RequestCancelled)
             # One exception per thread (it cannot be raised again while its handling
-            # cannot be seen from outside), and the grace counts from now.
-            escalate_at = monotonic() + guard.grace
-            for i, (at, each) in enumerate(guard.overdue):
+            # cannot be seen from outside), and the grace counts from now (see Guard.step).
+            now = monotonic()
+            for _, each in guard.overdue:
                 if each.owner == owner:
-                    each.delivered = escalate_at - guard.grace
-                    guard.overdue[i] = (max(at, escalate_at), each)
+                    each.delivered = now
             return True
 
     def request_context(self):

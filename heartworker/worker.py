@@ -194,14 +194,14 @@ class HeartWorkerMixin:
             self.aftermath.discard()
         guard = self.guard
         now = monotonic()
-        late = self.heart.past_deadline(frame, now) if self.heart is not None else None
         if guard is not None and guard.aborting:
             self.abort_cause = guard.abort_cause
-        elif late is not None:      # the guard could not run: C code held the GIL
-            self.abort_cause = (f"{late.label()} ran past its deadline ({now - late.started:.2f} s "
-                                f"elapsed, cap {late.cap:g} s) while C code held the GIL")
-        else:
-            self.abort_cause = f"the request ran longer than --timeout ({self.cfg.timeout:g} s)"
+        else:                       # the arbiter's: a section past its deadline means the GIL was held
+            late = self.heart.past_deadline(frame, now) if self.heart is not None else None
+            self.abort_cause = (
+                f"the request ran longer than --timeout ({self.cfg.timeout:g} s)" if late is None
+                else f"{late.label()} ran past its deadline ({now - late.started:.2f} s "
+                     f"elapsed, cap {late.cap:g} s) while C code held the GIL")
         if self.heart is not None and self.cfg.timeout:
             # The arbiter sends SIGKILL at its next look if the heartbeat is still
             # stale, and it looks again at every signal it gets (a worker's exit):
