@@ -137,8 +137,13 @@ def test_the_504_at_timeout_is_answered_while_the_arbiter_looks_again_at_once(st
     stop = threading.Event()
 
     def wake_the_arbiter():
-        # Every 0.1 s: time for the worker to start its handler (a SIGKILL before that
-        # is the limit the README states), not for the hook to finish.
+        # From 0.1 s after its SIGABRT (time for the worker to start its handler: a
+        # SIGKILL before that is the limit the README states), every 0.1 s: each
+        # signal makes it look again while the hook still runs.  Not before: Gunicorn
+        # 22 and 23 look twice in a row at every signal, SIGABRT then SIGKILL at once.
+        while not srv.wait_for_log("WORKER TIMEOUT", timeout=0.1):
+            if stop.is_set():
+                return
         while not stop.wait(0.1):
             srv.proc.send_signal(signal.SIGWINCH)     # handled, and it looks again
 
