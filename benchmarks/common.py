@@ -35,6 +35,8 @@ def spec(worker, **kwargs):
     if worker in ("gthread", "heartworker.ThreadWorker"):
         kwargs["args"] = ["--threads", str(THREADS)] + list(kwargs.get("args", []))
     return dict(worker=worker, **kwargs)
+
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

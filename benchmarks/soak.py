@@ -11,10 +11,13 @@ schedule: ``HUP`` reloads, ``TTIN``/``TTOU``, a worker ``SIGKILL``ed, a worker
 ``SIGTERM``ed while it runs a section.
 
 Every answer is checked against what the README promises for its kind (see
-``soak_rules``), and every worker that died must have died of a fault the soak
-sent or of a request whose documented end is its worker's.  The worker and
-arbiter processes are sampled for RSS, open fds and threads.  After a
-graceful stop, no process of the server may be left.  The run fails (exit 1)
+``soak_rules``), and every worker that died must have died, in time and in the
+right way, of a fault the soak sent or of a request whose documented end is its
+worker's.  Beside it, a *sentinel* server of the same class (one worker, one
+client, no faults, only requests its worker survives) runs for the whole
+phase: its worker is the long-lived process that a leak per request shows in.
+Every worker and arbiter is sampled for RSS, open fds and threads.  After a
+graceful stop, no process of either server may be left.  The run fails (exit 1)
 on any unexpected outcome, unexplained death, leak, leftover process, or a
 kind or fault that never happened; its last line is the summary.
 """
@@ -25,6 +28,7 @@ import os
 import random
 import re
 import signal
+import statistics
 import tempfile
 import threading
 import time
@@ -41,7 +45,9 @@ FLAVORS = [("sync", "heartworker.SyncWorker", 3),
 CLIENTS = 4
 FAULTS = ["HUP", "TTIN", "KILL", "TTOU", "TERM"]
 RSS_GROWTH_LIMIT_MIB = 32     # per process over its sampled life
+RSS_BAND_MIB = 8              # the last third's median RSS above the first third's
 MIN_SLOPE_SECONDS = 60        # growth per hour only from processes sampled this long
+WATCH_EVERY = 0.1             # how often the soak looks for workers that died
 SEED = 1234
 
 
@@ -54,6 +60,9 @@ class Result:
     outcome: str = ""       # "200", "504", ..., "closed", "truncated", "timeout", "error: ..."
     body: str = ""
     verdict: str = ""       # "expected", "collateral", or why it is unexpected
+    expect: rules.Expect = None   # the rule it met
+    began: float = 0.0            # when its worker began it (the journal's), else ``start``
+    blocked: float = 0.0          # seconds neighbours stopped its worker (gevent, gthread)
 
 
 @dataclass
@@ -62,6 +71,7 @@ class Fault:
     name: str
     target: int = None      # the worker it is aimed at (KILL, TERM, TTOU's oldest)
     workers: tuple = ()     # the workers alive when it was sent
+    in_section: bool = False   # TERM: its target was running a section
 
 
 @dataclass
@@ -73,9 +83,12 @@ class Phase:
     inflight: dict = field(default_factory=dict)     # rid -> kind
     booted: list = field(default_factory=list)
     alive_at_end: set = field(default_factory=set)
+    born: dict = field(default_factory=dict)         # pid -> when first seen alive
+    died: dict = field(default_factory=dict)         # pid -> when first seen gone
     deaths: dict = field(default_factory=dict)       # pid -> [(at, why)]
     unexpected: list = field(default_factory=list)   # (what went wrong, worker pid or None)
     log: str = ""
+    started: float = 0.0
     leftovers: int = 0
     leaks: list = field(default_factory=list)
 
@@ -123,9 +136,8 @@ def usage(pid):
 
 
 # -- the load -----------------------------------------------------------------------------
-def deck(flavor, rng):
-    """Kinds in a shuffled order, each as often as its weight, forever."""
-    weights = rules.kinds_for(flavor)
+def deck(weights, rng):
+    """Kinds (``{kind: weight}``) in a shuffled order, each as often as its weight, forever."""
     cards = [kind for kind, weight in weights.items() for _ in range(weight)]
     while True:
         rng.shuffle(cards)
@@ -148,6 +160,7 @@ def send(srv, kind, rid):
 
 
 def client(srv, phase, cards, lock, until, number):
+    """Send requests drawn from ``cards`` one after another until ``until``."""
     for n in itertools.count():
         if time.monotonic() >= until:
             return
@@ -163,10 +176,10 @@ def client(srv, phase, cards, lock, until, number):
 
 
 def journal(path):
-    """{request id: the pid of the worker that ran it} (written by soak_app)."""
+    """{request id: (the pid of the worker that ran it, when it began there)} (from soak_app)."""
     try:
         with open(path) as f:
-            return dict((rid, int(pid)) for rid, pid in (line.split() for line in f))
+            return {rid: (int(pid), float(began)) for rid, pid, began in map(str.split, f)}
     except FileNotFoundError:
         return {}
 
@@ -175,25 +188,36 @@ def journal(path):
 def inject(srv, phase, name, rng, journal_path):
     master = srv.proc.pid
     workers = tuple(sorted(children(master)))
-    target = None
+    target, in_section = None, False
     if name in ("HUP", "TTIN", "TTOU"):
         if name == "TTOU" and workers:          # Gunicorn stops its oldest worker
             target = next((p for p in phase_booted(srv) if p in workers), None)
-        os.kill(master, getattr(signal, "SIG" + name))
+        try:
+            os.kill(master, getattr(signal, "SIG" + name))
+        except ProcessLookupError:
+            common.fail(f"{phase.flavor}: the arbiter is gone (SIG{name} found no process)")
     elif workers:
-        if name == "TERM":                      # a worker in the middle of a section
-            running = journal(journal_path)
-            busy = [running.get(rid) for rid, kind in list(phase.inflight.items())
-                    if kind in ("long", "cpu", "gil")]
-            busy = [p for p in busy if p in workers]
-            target = rng.choice(busy or list(workers))
-        else:
-            target = rng.choice(workers)
+        busy = in_sections(phase, workers, journal_path) if name == "TERM" else []
+        target = rng.choice(busy or list(workers))
         try:
             os.kill(target, getattr(signal, "SIG" + name))
         except ProcessLookupError:
             pass
-    phase.faults.append(Fault(time.monotonic(), name, target, workers))
+        in_section = target in busy
+    phase.faults.append(Fault(time.monotonic(), name, target, workers, in_section))
+
+
+def in_sections(phase, workers, journal_path, wait=3.0):
+    """Workers running a section within its cap now (waiting up to ``wait`` s for one)."""
+    until = time.monotonic() + wait
+    while True:
+        running = journal(journal_path)
+        busy = [running.get(rid, (None,))[0] for rid, kind in list(phase.inflight.items())
+                if kind in ("long", "cpu", "gil")]
+        busy = [p for p in busy if p in workers]
+        if busy or time.monotonic() > until:
+            return busy
+        time.sleep(0.05)
 
 
 def phase_booted(srv):
@@ -209,56 +233,127 @@ def faults(srv, phase, until, every, rng, journal_path):
         inject(srv, phase, name, rng, journal_path)
 
 
-def sampler(srv, phase, stop, every):
-    master = srv.proc.pid
-    while not stop.wait(every):
+def watch(servers, phase, stop, sample_every):
+    """Note when each worker is first seen and first seen gone; sample every process."""
+    next_sample = time.monotonic()
+    while not stop.wait(WATCH_EVERY):
         now = time.monotonic()
-        workers = children(master)
-        for pid in [master] + workers:
-            seen = usage(pid)
-            if seen is not None:
-                rss, fds, threads = seen
-                if pid == master:       # the arbiter holds one heartbeat file per worker
-                    fds -= len(workers)
-                phase.samples[pid].append((now, rss, fds, threads))
+        for srv in servers:
+            master = srv.proc.pid
+            workers = children(master)
+            for pid in workers:
+                phase.born.setdefault(pid, now)
+            if now < next_sample:
+                continue
+            for pid in [master] + workers:
+                seen = usage(pid)
+                if seen is not None:
+                    rss, fds, threads = seen
+                    if pid == master:   # the arbiter holds one heartbeat file per worker
+                        fds -= len(workers)
+                    phase.samples[pid].append((now, rss, fds, threads))
+        alive = {pid for srv in servers for pid in children(srv.proc.pid)}
+        for pid in phase.born.keys() - alive - phase.died.keys():
+            phase.died[pid] = now
+        if now >= next_sample:
+            next_sample = now + sample_every
 
 
 # -- verdicts ------------------------------------------------------------------------------------
+def how_it_ended(log, pid):
+    """"graceful", "SIGKILL", "code 1", ...: how the arbiter says worker ``pid`` ended.
+
+    Graceful: it exited by itself with code 0 (or of SIGTERM), or it is a
+    threaded worker that retired at the end of its graceful stop with request
+    threads it could not end (code 1, and heartworker says so).
+    """
+    m = re.search(rf"Worker \(pid:{pid}\) (?:was sent (\w+)|exited with code (\d+))", log)
+    if m is None or m.group(1) == "SIGTERM" or \
+            f"worker (pid {pid}) exits with" in log and m.group(2) == "1":
+        return "graceful"
+    return m.group(1) or f"code {m.group(2)}"
+
+
 def explain_deaths(phase, ran_on):
-    """pid -> [(when, why)] for each worker that died; record the ones nothing explains."""
-    dead = [pid for pid in phase.booted if pid not in phase.alive_at_end]
-    for pid in dead:
+    """pid -> [(when, why)] for each worker that died; record the ones nothing explains.
+
+    A fault explains a death that followed it in time and in the way it stops a
+    worker (``soak_rules.fault_explains``); a request whose documented end is
+    its worker's explains a death from just before its answer (the connection
+    closed by the death) to ``DIES_WITHIN`` after it.
+    """
+    near = rules.CLOSED_WITHIN + WATCH_EVERY
+    for pid in phase.booted:
+        if pid in phase.alive_at_end:
+            continue
+        died = phase.died.get(pid)            # None: born and gone between two looks
+        how = how_it_ended(phase.log, pid)
         why = []
         for fault in phase.faults:
-            if fault.target == pid or fault.name == "HUP" and pid in fault.workers:
+            aimed = fault.target == pid or fault.name == "HUP" and pid in fault.workers
+            if aimed and (died is None or rules.fault_explains(fault.name, how, fault.at, died)):
                 why.append((fault.at, f"SIG{fault.name}"))
         for r in phase.results:
-            if ran_on.get(r.rid) == pid and r.verdict == "expected" and \
-                    rules.ends_worker(r.kind, phase.flavor):
-                why.append((r.start, f"{r.kind} request"))
+            if ran_on.get(r.rid) == pid and r.expect is not None and r.expect.ends_worker \
+                    and (died is None or r.end - near <= died <= r.end + rules.DIES_WITHIN):
+                why.append((r.start, f"{r.kind} request {r.rid}"))
         phase.deaths[pid] = why
         if not why:
-            phase.unexpected.append((f"worker {pid} died, and no fault or request explains it",
-                                     pid))
+            when = "" if died is None else f" {died - phase.started:.1f} s into the phase"
+            phase.unexpected.append((f"worker {pid} ended ({how}){when}, and no fault or "
+                                     f"request explains it", pid))
 
 
 def collateral(phase, r, ran_on):
-    """Did ``r`` end because its worker died of an explained cause, after it began?"""
-    if r.outcome not in rules.COLLATERAL:
+    """Did ``r`` end because its worker died of an explained cause while it ran?
+
+    A connection closed (or a body cut short) by the death ends when it does;
+    an answer (a ``200``, a graceful stop's ``504``) comes before the death, by
+    at most ``COLLATERAL_WITHIN``.
+    """
+    if not rules.collateral_allowed(r.kind, phase.flavor, r.outcome):
         return False
+    near = rules.CLOSED_WITHIN + WATCH_EVERY
     pid = ran_on.get(r.rid)
-    if pid is not None:
-        causes = [(at, why) for at, why in phase.deaths.get(pid, ())
-                  if not why.endswith(" request") or at != r.start]
-        return any(at <= r.end + 0.5 for at, _ in causes)
-    # Never reached the app: accepted by a worker that was about to die.
-    return any(r.start - rules.GRACEFUL - 1 <= at <= r.end + 0.5
-               for why in phase.deaths.values() for at, _ in why)
+    if pid is None:     # never reached the app: accepted by a worker that then died
+        return r.outcome == "closed" and any(
+            abs(died - r.end) <= near for pid, died in phase.died.items()
+            if phase.deaths.get(pid))
+    died = phase.died.get(pid)
+    causes = [why for _, why in phase.deaths.get(pid, ()) if not why.endswith(r.rid)]
+    if not causes or died is None:
+        return False
+    if r.outcome in ("closed", "truncated"):
+        return abs(died - r.end) <= near
+    return r.end - near <= died <= r.end + rules.COLLATERAL_WITHIN
 
 
-def judge(phase, ran_on):
+def blocked_for(phase, r, ran_on):
+    """How long neighbours that stop the others (``soak_rules.BLOCKERS``) ran on ``r``'s
+    worker while ``r`` did, in seconds."""
+    pid = ran_on.get(r.rid)
+    if pid is None:
+        return 0.0
+    blockers = rules.BLOCKERS[phase.flavor]
+    return sum(max(0.0, min(g.end, r.end) - max(g.began, r.began)) for g in phase.results
+               if g.kind in blockers and g is not r and ran_on.get(g.rid) == pid)
+
+
+def judge(phase, ran_on, began):
+    """Each result's verdict, from its worker (``ran_on``: rid -> pid) and its time there.
+
+    A request's time is bounded below from when it was sent, and above from
+    when its worker's app began it (``began``: rid -> monotonic, the
+    journal's): a sync worker's requests wait in the listen queue while all
+    workers are busy.
+    """
     for r in phase.results:
-        if rules.verdict(r.kind, phase.flavor, r.outcome, r.end - r.start, r.body):
+        r.began = began.get(r.rid, r.start)
+    for r in phase.results:
+        r.blocked = blocked_for(phase, r, ran_on)
+        r.expect = rules.verdict(r.kind, phase.flavor, r.outcome, r.end - r.start,
+                                 r.end - r.began, r.body, r.blocked)
+        if r.expect is not None:
             r.verdict = "expected"
     explain_deaths(phase, ran_on)
     for r in phase.results:
@@ -267,21 +362,23 @@ def judge(phase, ran_on):
         if collateral(phase, r, ran_on):
             r.verdict = "collateral"
             continue
-        allowed = " or ".join(str(e) for e in rules.expected(r.kind, phase.flavor))
+        allowed = " or ".join(str(e) for e in rules.expected(r.kind, phase.flavor, r.blocked))
         r.verdict = (f"{r.kind} ({r.rid}, worker {ran_on.get(r.rid, '?')}): got {r.outcome} "
-                     f"after {r.end - r.start:.2f} s {r.body.strip()[:80]!r}; expected {allowed}")
+                     f"after {r.end - r.began:.2f} s there ({r.end - r.start:.2f} s since "
+                     f"sent) {r.body.strip()[:80]!r}; expected {allowed}")
         phase.unexpected.append((r.verdict, ran_on.get(r.rid)))
 
 
 def grew_for_good(values, band):
-    """A leak: after a warm-up (the first third), the later half stays above the earlier by ``band``.
+    """A leak: the median of the last third of the samples is above the first third's by more than ``band``.
 
-    Counts that only swing (connections in flight, a thread pool warming up)
-    are not leaks; ``band`` is the swing allowed.
+    Counts that only swing (connections in flight, a thread pool at work) are
+    not leaks; ``band`` is the swing allowed.  A process sampled fewer than six
+    times says nothing.
     """
-    settled = values[len(values) // 3:]
-    half = len(settled) // 2
-    return len(settled) >= 6 and min(settled[half:]) > max(settled[:half]) + band
+    third = len(values) // 3
+    return third >= 2 and statistics.median(values[-third:]) > \
+        statistics.median(values[:third]) + band
 
 
 def per_hour(samples, column):
@@ -293,24 +390,43 @@ def per_hour(samples, column):
     return 0.0 if var == 0 else 3600 * sum((t - mt) * (v - mv) for t, v in zip(ts, vs)) / var
 
 
-def growth(phase, master):
-    """Rows of the resource table, and leaks found (persistent fd/thread growth, RSS)."""
+def leaks_of(label, samples, fd_band, thread_band):
+    """What grew for good in one process's samples: fds, threads, RSS."""
+    found = []
+    for column, name, band in ((2, "open fds", fd_band), (3, "threads", thread_band),
+                               (1, "RSS KiB", RSS_BAND_MIB * 1024)):
+        values = [s[column] for s in samples]
+        if grew_for_good(values, band):
+            found.append(f"{label}: {name} grew for good (median of the first third "
+                         f"{statistics.median(values[:len(values) // 3]):g}, of the last "
+                         f"{statistics.median(values[-(len(values) // 3):]):g}): {values}")
+    grown = (max(s[1] for s in samples) - samples[0][1]) / 1024
+    if grown > RSS_GROWTH_LIMIT_MIB:
+        found.append(f"{label}: RSS grew {grown:.1f} MiB")
+    return found
+
+
+def growth(phase, masters, sentinel):
+    """Rows of the resource table, and leaks found (fds, threads, RSS that grew for good).
+
+    ``masters``: the arbiters' pids; ``sentinel``: the sentinel server's pids,
+    whose one client leaves its fds no swing to speak of.  A threaded worker's
+    pool starts threads as requests come, up to ``--threads``.
+    """
+    pool = common.THREADS if phase.flavor == "gthread" else 1
     rows = {}
-    for label, pids in (("arbiter", [master]),
-                        ("workers", [p for p in phase.samples if p != master])):
+    for label, pids in (("arbiter", masters),
+                        ("workers", [p for p in phase.samples if p not in masters])):
         long_lived = [p for p in pids if len(phase.samples[p]) >= 4]
         for pid in long_lived:
-            samples = phase.samples[pid]
-            for column, name, band in ((2, "open fds", CLIENTS + 1), (3, "threads", 1)):
-                if grew_for_good([s[column] for s in samples], band):
-                    phase.leaks.append(f"{label} {pid}: {name} grew for good: "
-                                       f"{[s[column] for s in samples]}")
-            grown = (max(s[1] for s in samples) - samples[0][1]) / 1024
-            if grown > RSS_GROWTH_LIMIT_MIB:
-                phase.leaks.append(f"{label} {pid}: RSS grew {grown:.1f} MiB")
+            band = 2 if pid in masters or pid in sentinel else CLIENTS + 1
+            who = f"{'sentinel ' if pid in sentinel else ''}{label.rstrip('s')} {pid}"
+            phase.leaks.extend(leaks_of(who, phase.samples[pid], band,
+                                        1 if pid in masters else pool))
         if not long_lived:
             rows[label] = ("-", "-", "-", "-", 0)
             continue
+
         def life(pid):
             return phase.samples[pid][-1][0] - phase.samples[pid][0][0]
 
@@ -327,59 +443,93 @@ def growth(phase, master):
 
 
 # -- a phase ---------------------------------------------------------------------------------------
-def run_phase(flavor, worker, workers, seconds, path, rng):
+def start_server(worker, workers, path, name):
     from tests.gunicorn_server import Server
-    phase = Phase(flavor)
-    journal_path = os.path.join(path, f"journal-{flavor}")
-    srv = Server(path, **common.spec(worker, app="benchmarks.soak_app:app",
-                                      timeout=int(rules.TIMEOUT), workers=workers,
-                                      env={"SOAK_JOURNAL": journal_path}, ready_path="/fast"))
+    journal_path = os.path.join(path, f"journal-{name}")
+    os.makedirs(os.path.join(path, name))
+    srv = Server(os.path.join(path, name), **common.spec(
+        worker, app="benchmarks.soak_app:app", timeout=int(rules.TIMEOUT), workers=workers,
+        env={"SOAK_JOURNAL": journal_path}, ready_path="/fast"))
     try:
-        try:
-            srv.start()
-        except AssertionError as exc:
-            common.fail(f"gunicorn -k {worker} did not start: {exc}")
-        until = time.monotonic() + seconds
+        srv.start()
+    except AssertionError as exc:
+        srv.stop()
+        common.fail(f"gunicorn -k {worker} did not start: {exc}")
+    return srv, journal_path
+
+
+def stop_server(srv, phase):
+    """A graceful stop: the arbiter and every worker must go by themselves.  Processes left."""
+    master = srv.proc.pid
+    srv.proc.send_signal(signal.SIGTERM)
+    try:
+        srv.proc.wait(rules.GRACEFUL + 10)
+    except Exception:
+        phase.unexpected.append((f"the arbiter {master} did not exit after SIGTERM", None))
+    time.sleep(1)
+    return len(in_session(master))
+
+
+def run_phase(flavor, worker, workers, seconds, path, rng):
+    phase = Phase(flavor)
+    servers = []
+    try:
+        srv, journal_path = start_server(worker, workers, path, flavor)
+        servers.append(srv)
+        sentinel, sentinel_journal = start_server(worker, 1, path, f"{flavor}-sentinel")
+        servers.append(sentinel)
+        phase.started = time.monotonic()
+        until = phase.started + seconds
         every = max(3.0, min(15.0, seconds / 6))
-        stop_sampling = threading.Event()
-        cards, lock = deck(flavor, rng), threading.Lock()
+        stop_watching = threading.Event()
+        cards, lock = deck(rules.kinds_for(flavor), rng), threading.Lock()
+        calm = deck(rules.survived_by(flavor), random.Random(rng.random()))
         threads = [threading.Thread(target=client, args=(srv, phase, cards, lock, until, n))
                    for n in range(CLIENTS)]
+        threads.append(threading.Thread(target=client, args=(
+            sentinel, phase, calm, threading.Lock(), until, "sentinel")))
         threads.append(threading.Thread(target=faults, args=(
             srv, phase, until, every, random.Random(rng.random()), journal_path)))
-        sample = threading.Thread(target=sampler, args=(srv, phase, stop_sampling,
-                                                        min(5.0, seconds / 20)))
-        for t in threads + [sample]:
+        watcher = threading.Thread(target=watch, args=(servers, phase, stop_watching,
+                                                       min(5.0, seconds / 20)))
+        for t in threads + [watcher]:
             t.daemon = True
             t.start()
         for t in threads:
             t.join(seconds + rules.CLIENT_TIMEOUT + 15)
             if t.is_alive():
                 common.fail(f"{flavor}: a client or the fault thread did not finish")
-        stop_sampling.set()
-        sample.join()
         time.sleep(rules.GRACEFUL + 1)     # workers that were stopping finish
-        master = srv.proc.pid
-        phase.alive_at_end = set(children(master))
-        phase.booted = phase_booted(srv)
-        phase.log = log = srv.log()
-        # A graceful stop: the arbiter and every worker must go by themselves.
-        srv.proc.send_signal(signal.SIGTERM)
-        try:
-            srv.proc.wait(rules.GRACEFUL + 10)
-        except Exception:
-            phase.unexpected.append(("the arbiter did not exit after SIGTERM", None))
-        time.sleep(1)
-        phase.leftovers = len(in_session(master))
-        ran_on = journal(journal_path)
-        judge(phase, ran_on)
-        rows = growth(phase, master)
+        stop_watching.set()
+        watcher.join()
+        masters = [s.proc.pid for s in servers]
+        phase.alive_at_end = {pid for m in masters for pid in children(m)}
+        phase.booted = phase_booted(srv) + phase_booted(sentinel)
+        phase.log = srv.log() + sentinel.log()
+        phase.leftovers = sum(stop_server(s, phase) for s in servers)
+        ran = {**journal(journal_path), **journal(sentinel_journal)}
+        judge(phase, {rid: pid for rid, (pid, _) in ran.items()},
+              {rid: began for rid, (_, began) in ran.items()})
+        rows = growth(phase, masters, {masters[1], *phase_booted(sentinel)})
         for pattern in ("the guard thread failed", "Unhandled exception", "Exception in thread"):
-            if pattern in log:
+            if pattern in phase.log:
                 phase.unexpected.append((f"the log says {pattern!r}", None))
+        for what in never_happened(phase):
+            phase.unexpected.append((f"never happened: {what} (the run is too short)", None))
         return phase, rows
     finally:
-        srv.stop()
+        for s in servers:
+            s.stop()
+
+
+def never_happened(phase):
+    """Kinds of request and faults the phase was to have, and did not."""
+    missing = [k for k in rules.kinds_for(phase.flavor)
+               if not any(r.kind == k for r in phase.results)]
+    missing += [f for f in FAULTS if not any(x.name == f for x in phase.faults)]
+    if not any(f.in_section for f in phase.faults):
+        missing.append("SIGTERM of a worker running a section")
+    return missing
 
 
 def excerpt(log, pid, most=20):
@@ -407,7 +557,8 @@ def report(phases, minutes):
             cells.append(f"{len(mine)}: " + ", ".join(f"{o} x{n}" for o, n in
                                                       sorted(outcomes.items())))
         rows.append(cells)
-    print("\nRequests by kind (outcome x count), every one checked against soak_rules:")
+    print("\nRequests by kind (outcome x count; the sentinel's included), every one checked "
+          "against soak_rules:")
     common.table(headers, rows)
 
     headers = ["worker class", "requests", "unexpected", "collateral", "faults",
@@ -426,8 +577,9 @@ def report(phases, minutes):
             " / ".join(growth_rows["arbiter"][:4]) + f" over {growth_rows['arbiter'][4]} s",
             " / ".join(growth_rows["workers"][:4]) + f" over {growth_rows['workers'][4]} s",
             len(phase.leaks), phase.leftovers])
-    print("Per worker class (growth per hour: the steepest least-squares slope over the "
-          "processes sampled; the workers' over the longest-lived one):")
+    print("Per worker class, both servers (growth per hour: the steepest least-squares "
+          f"slope over the processes sampled for {MIN_SLOPE_SECONDS} s or more; RSS: the "
+          "longest-lived one's, the sentinel's):")
     common.table(headers, rows)
     for phase, _ in phases:
         if phase.unexpected or phase.leaks:
@@ -439,12 +591,6 @@ def report(phases, minutes):
             print(f"UNEXPECTED [{phase.flavor}] {line}")
             for said in excerpt(phase.log, pid):
                 print(f"    {said}")
-        missing = [k for k in rules.kinds_for(phase.flavor)
-                   if not any(r.kind == k for r in phase.results)]
-        missing += [f for f in FAULTS if not any(x.name == f for x in phase.faults)]
-        for what in missing:
-            print(f"UNEXPECTED [{phase.flavor}] never happened: {what} (the run is too short)")
-            phase.unexpected.append((f"never happened: {what}", None))
     total = sum(len(p.results) for p, _ in phases)
     unexpected = sum(len(p.unexpected) for p, _ in phases)
     replaced = sum(len(p.deaths) for p, _ in phases)

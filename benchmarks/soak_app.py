@@ -1,8 +1,10 @@
 """The soak's WSGI app: one route per kind of request in ``benchmarks/soak_rules.py``.
 
 Each request names itself in the ``X-Soak-Id`` header. The app appends
-``<id> <pid>`` to the journal file (``SOAK_JOURNAL``) as it starts the request,
-so that the soak knows which worker had a request when that worker died.
+``<id> <pid> <monotonic>`` to the journal file (``SOAK_JOURNAL``) as it starts
+the request, so that the soak knows which worker had a request when that
+worker died, and how long the request ran there (Linux's monotonic clock is
+the same in every process).
 The route names and numbers are the soak rules' (``?s=`` seconds, ``?cap=``).
 """
 
@@ -16,11 +18,11 @@ JOURNAL = os.environ.get("SOAK_JOURNAL")
 
 
 def journal(rid):
-    """Append ``rid pid`` (one write on an O_APPEND file: lines never interleave)."""
+    """Append ``rid pid monotonic`` (one write on an O_APPEND file: lines never interleave)."""
     if JOURNAL and rid:
         fd = os.open(JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, f"{rid} {os.getpid()}\n".encode())
+            os.write(fd, f"{rid} {os.getpid()} {time.monotonic()!r}\n".encode())
         finally:
             os.close(fd)
 

@@ -14,14 +14,23 @@ README's semantics allow, each with its bounds:
 
 ``ends_worker`` says the request legitimately ends its worker (the sync worker's
 ``--timeout`` abort, gevent's hub blocked outside sections, the threaded worker
-retiring, the arbiter's kill while the GIL is held).  Every other death of a
-worker must be explained by a fault the soak injected.
+retiring, the arbiter's kill while the GIL is held): its worker must then die
+between the request's start and ``DIES_WITHIN`` after its answer.  Every other
+death of a worker must be explained by a fault the soak injected, in time
+(``fault_explains``).
 
-*Collateral*: a request whose worker died of an explained cause after the
-request began may end in any of ``200``, ``504``, ``closed`` or ``truncated`` (a
-gevent abort closes its other connections; a graceful stop cancels sections at
-``--graceful-timeout``; SIGKILL closes everything, a response half-sent too).  Never a ``500``, a read
-timeout, or another status.
+*Collateral*: a request whose worker died of an explained cause while the
+request ran (``COLLATERAL_WITHIN``) may end in ``closed`` or ``truncated`` (a
+gevent abort closes its other connections; SIGKILL closes everything, a
+response half-sent too), in ``504`` (a graceful stop cancels sections at
+``--graceful-timeout``), or in ``200`` if its kind may end in 200 at all.  Never
+a ``500``, a read timeout, or another status.
+
+*Neighbours*: a request that blocks the gevent hub (Python code, a C call)
+stops every other greenlet of its worker, and one holding the GIL (``gil``,
+``gil_cap``) stops every other thread of the threaded worker, its guard
+included.  A request may end later by as long as such neighbours ran on its
+worker while it did (``BLOCKERS``, and the soak measures the overlap), no more.
 """
 
 from dataclasses import dataclass, replace
@@ -41,27 +50,39 @@ GIL_HOLD = CAP + TIMEOUT + 4   # held past the moment the arbiter kills
 @dataclass(frozen=True)
 class Expect:
     outcome: str                 # "200", "504" or "closed"
-    lo: float = 0.0              # seconds from sending to the answer
-    hi: float = CLIENT_TIMEOUT
+    lo: float = 0.0              # seconds, at least, from sending to the answer
+    hi: float = CLIENT_TIMEOUT   # seconds, at most, from the app's start to the answer
     names: str = ""              # a 504's body names this
     ends_worker: bool = False    # the request legitimately ends its worker
 
-    def allows(self, outcome, elapsed, body):
-        return (outcome == self.outcome and self.lo <= elapsed <= self.hi
-                and self.names in body)
+    def allows(self, outcome, since_sent, since_began, body):
+        """``since_sent``: from the client's send; ``since_began``: from its worker's start
+        of the app (later: a request may wait in the listen queue, and be read)."""
+        return (outcome == self.outcome and self.lo <= since_sent
+                and since_began <= self.hi and self.names in body)
 
     def __str__(self):
         named = f" naming {self.names!r}" if self.names else ""
         return f"{self.outcome}{named} in {self.lo:.1f}-{self.hi:.1f} s"
 
 
-def cancelled(deadline, name):
-    return Expect("504", deadline, deadline + CANCEL_GRACE + SLACK, name)
+CANCEL_WITHIN = 1.0  # from a deadline to the client's 504 (measured: under 0.1 s)
+
+
+def cancelled(deadline, name, why="ran past its cap"):
+    """The section cancelled at its deadline, the worker alive: not the backstop's abort."""
+    return Expect("504", deadline, deadline + CANCEL_WITHIN, f"{name}' {why}")
 
 
 def timed_out(ends_worker):
-    """504 naming --timeout: counted from the last heartbeat, up to --timeout / 2 before the request."""
+    """504 naming --timeout, from the arbiter: counted from the last heartbeat (up to
+    --timeout / 2 before the request began)."""
     return Expect("504", TIMEOUT / 2, TIMEOUT + CANCEL_GRACE + SLACK, "--timeout", ends_worker)
+
+
+def cancelled_at_timeout():
+    """The threaded worker cancels a request thread past --timeout outside sections: it lives."""
+    return Expect("504", TIMEOUT, TIMEOUT + CANCEL_WITHIN, "--timeout")
 
 
 def aborted_by_the_arbiter():
@@ -106,10 +127,7 @@ SURVIVES_LONG = Expect("200", LONG)
 # "sync", "gevent" and "gthread"; a kind a flavor does not list is not sent to it.
 KINDS = {
     "fast": ("/fast", 10, {
-        "sync": [SURVIVES], "gevent": [SURVIVES],
-        # A thread kept from the GIL by a neighbour's C call past --timeout has run
-        # longer than --timeout: ending it is the threaded worker's rule.
-        "gthread": [SURVIVES, timed_out(False)]}),
+        "sync": [SURVIVES], "gevent": [SURVIVES], "gthread": [SURVIVES]}),
     "long": (f"/long?s={LONG}&cap={NEIGHBOUR_CAP}", 2, {
         "sync": [SURVIVES_LONG], "gevent": [SURVIVES_LONG], "gthread": [SURVIVES_LONG]}),
     "cpu": (f"/cpu?s={LONG}&cap={NEIGHBOUR_CAP}", 2, {
@@ -125,13 +143,13 @@ KINDS = {
         "gevent": [cancelled(CAP, "soak cap_busy")],
         "gthread": [cancelled(CAP, "soak cap_busy")]}),
     "stalled": (f"/stalled?s={STALL}&cap=30", 1, {
-        "sync": [cancelled(0.9 + STALL, "soak stalled")],
-        "gevent": [cancelled(0.9 + STALL, "soak stalled")],
-        "gthread": [cancelled(0.9 + STALL, "soak stalled")]}),
+        "sync": [cancelled(0.9 + STALL, "soak stalled", "made no progress")],
+        "gevent": [cancelled(0.9 + STALL, "soak stalled", "made no progress")],
+        "gthread": [cancelled(0.9 + STALL, "soak stalled", "made no progress")]}),
     "hang_busy": ("/hang_busy", 1, {
         "sync": aborted_by_the_arbiter(),     # as stock
         "gevent": aborted_by_the_arbiter(),   # the hub blocked outside sections
-        "gthread": [timed_out(False)]}),      # cancelled in its thread: the worker lives
+        "gthread": [cancelled_at_timeout()]}),   # in its thread: the worker lives
     "hang_wait": ("/hang_wait", 1, {
         "sync": aborted_by_the_arbiter(),
         # gevent: a greenlet that waits outside sections is never ended (stock): not sent.
@@ -142,8 +160,30 @@ KINDS = {
         "gthread": gil_past_cap(NEIGHBOUR_CAP)}),
 }
 
-# A request on a worker that died of an explained cause, after it began.
+# A request on a worker that died of an explained cause while it ran.
 COLLATERAL = ("200", "504", "closed", "truncated")
+COLLATERAL_WITHIN = GRACEFUL + 1   # the death may follow the answer (a graceful stop) by this much
+DIES_WITHIN = 2.0                  # a request that ends its worker: from its answer to the exit
+CLOSED_WITHIN = 0.5                # a connection a death closes: from the death to the client
+FAULT_KILLS_WITHIN = {"KILL": 1.0, "TERM": GRACEFUL + SLACK, "TTOU": GRACEFUL + SLACK,
+                      "HUP": GRACEFUL + SLACK}
+
+
+def fault_explains(fault, how, sent_at, died_at):
+    """Does a fault sent at ``sent_at`` explain a worker's death at ``died_at``?
+
+    ``how`` the worker ended: HUP, TTOU and TERM make it stop gracefully
+    ("graceful": it exits by itself), KILL leaves it killed by "SIGKILL".
+    """
+    if how != ("SIGKILL" if fault == "KILL" else "graceful"):
+        return False
+    return sent_at <= died_at <= sent_at + FAULT_KILLS_WITHIN[fault]
+
+
+def collateral_allowed(kind, flavor, outcome):
+    if outcome == "200":
+        return any(e.outcome == "200" for e in KINDS[kind][2][flavor])
+    return outcome in COLLATERAL
 
 
 def path(kind):
@@ -155,24 +195,36 @@ def kinds_for(flavor):
     return {kind: weight for kind, (_, weight, allowed) in KINDS.items() if flavor in allowed}
 
 
-# In the gevent and threaded workers, a neighbour (another greenlet or request thread)
-# holding the GIL stops everything else, the guard included: a /gil request past its cap
-# (GIL_HOLD) may delay any other request's end by that much.  The sync worker has none.
-NEIGHBOUR_DELAY = {"sync": 0.0, "gevent": GIL_HOLD, "gthread": GIL_HOLD}
+def survived_by(flavor):
+    """{kind: weight} of the kinds whose every documented end leaves ``flavor``'s worker alive."""
+    return {kind: weight for kind, weight in kinds_for(flavor).items()
+            if not any(e.ends_worker for e in KINDS[kind][2][flavor])}
 
 
-def expected(kind, flavor):
-    late = NEIGHBOUR_DELAY[flavor]
-    return [replace(e, hi=min(e.hi + late, CLIENT_TIMEOUT)) for e in KINDS[kind][2][flavor]]
+# The kinds that stop a worker's other requests while they run (see *Neighbours*): the
+# sync worker runs one request at a time.
+BLOCKERS = {"sync": (),
+            "gevent": ("cpu", "gil", "cap_busy", "stalled", "hang_busy", "gil_cap"),
+            "gthread": ("gil", "gil_cap")}
 
 
-def verdict(kind, flavor, outcome, elapsed, body):
+def expected(kind, flavor, blocked=0.0):
+    """The outcomes allowed, for a request that neighbours stopped for ``blocked`` seconds.
+
+    In the threaded worker, a fast request kept from the GIL past --timeout has
+    run longer than --timeout: cancelling it is that worker's rule.
+    """
+    allowed = KINDS[kind][2][flavor]
+    if not blocked:
+        return allowed
+    if kind == "fast" and flavor == "gthread" and blocked >= TIMEOUT - CANCEL_WITHIN:
+        allowed = allowed + [cancelled_at_timeout()]
+    return [replace(e, hi=min(e.hi + blocked, CLIENT_TIMEOUT)) for e in allowed]
+
+
+def verdict(kind, flavor, outcome, since_sent, since_began, body, blocked=0.0):
     """The Expect this answer fulfils, or None: an unexpected outcome (unless collateral)."""
-    for expect in expected(kind, flavor):
-        if expect.allows(outcome, elapsed, body):
+    for expect in expected(kind, flavor, blocked):
+        if expect.allows(outcome, since_sent, since_began, body):
             return expect
     return None
-
-
-def ends_worker(kind, flavor):
-    return any(e.ends_worker for e in expected(kind, flavor))
