@@ -189,6 +189,7 @@ def inject(srv, phase, name, rng, journal_path):
     master = srv.proc.pid
     workers = tuple(sorted(children(master)))
     target, in_section = None, False
+    sent = time.monotonic()         # (before the signal: a death is never seen before it)
     if name in ("HUP", "TTIN", "TTOU"):
         if name == "TTOU" and workers:          # Gunicorn stops its oldest worker
             target = next((p for p in phase_booted(srv) if p in workers), None)
@@ -199,12 +200,13 @@ def inject(srv, phase, name, rng, journal_path):
     elif workers:
         busy = in_sections(phase, workers, journal_path) if name == "TERM" else []
         target = rng.choice(busy or list(workers))
+        sent = time.monotonic()
         try:
             os.kill(target, getattr(signal, "SIG" + name))
         except ProcessLookupError:
             pass
         in_section = target in busy
-    phase.faults.append(Fault(time.monotonic(), name, target, workers, in_section))
+    phase.faults.append(Fault(sent, name, target, workers, in_section))
 
 
 def in_sections(phase, workers, journal_path, wait=3.0):
@@ -253,8 +255,9 @@ def watch(servers, phase, stop, sample_every):
                         fds -= len(workers)
                     phase.samples[pid].append((now, rss, fds, threads))
         alive = {pid for srv in servers for pid in children(srv.proc.pid)}
+        seen_gone = time.monotonic()    # (after the look: a death is never dated before it)
         for pid in phase.born.keys() - alive - phase.died.keys():
-            phase.died[pid] = now
+            phase.died[pid] = seen_gone
         if now >= next_sample:
             next_sample = now + sample_every
 

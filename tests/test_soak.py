@@ -108,3 +108,11 @@ def test_a_neighbour_that_blocks_the_hub_delays_a_cancellation_by_its_overlap_on
     assert judged(blocker_end=3.0, end=3.3)
     assert not judged(blocker_end=3.0, end=6.0), "later than the block explains"
     assert not judged(blocker_end=0.6, end=3.5)
+
+
+def test_a_section_stopped_by_neighbours_past_its_cap_may_be_cancelled_at_it(soak):
+    body = "section 'soak long' ran past its cap: 11.6 s elapsed, cap 10 s"
+    rules = soak.rules
+    assert rules.verdict("long", "gevent", "504", 11.7, 11.7, body, blocked=8.0)
+    assert not rules.verdict("long", "gevent", "504", 11.7, 11.7, body, blocked=0.5)
+    assert not rules.verdict("long", "sync", "504", 11.7, 11.7, body)
