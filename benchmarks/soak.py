@@ -320,8 +320,8 @@ def collateral(phase, r, ran_on):
     pid = ran_on.get(r.rid)
     if pid is None:     # never reached the app: accepted by a worker that then died
         return r.outcome == "closed" and any(
-            abs(died - r.end) <= near for pid, died in phase.died.items()
-            if phase.deaths.get(pid))
+            abs(died - r.end) <= near for worker, died in phase.died.items()
+            if phase.deaths.get(worker))
     died = phase.died.get(pid)
     causes = [why for _, why in phase.deaths.get(pid, ()) if not why.endswith(r.rid)]
     if not causes or died is None:
@@ -373,7 +373,7 @@ def judge(phase, ran_on, began):
 
 
 def grew_for_good(values, band):
-    """A leak: the median of the last third of the samples is above the first third's by more than ``band``.
+    """A leak: the last third of the samples has a median above the first third's, by over ``band``.
 
     Counts that only swing (connections in flight, a thread pool at work) are
     not leaks; ``band`` is the swing allowed.  A process sampled fewer than six

@@ -1,4 +1,4 @@
-"""What the README promises for each kind of soak request: the one place the soak's verdicts come from.
+"""What the README promises for each kind of soak request: where the soak's verdicts come from.
 
 A *kind* is a request the soak sends (a route of ``benchmarks/soak_app.py``).
 For each worker class, ``expected(kind, flavor)`` lists the outcomes the
@@ -15,7 +15,7 @@ README's semantics allow, each with its bounds:
 ``ends_worker`` says the request legitimately ends its worker (the sync worker's
 ``--timeout`` abort, gevent's hub blocked outside sections, the threaded worker
 retiring, the arbiter's kill while the GIL is held): its worker must then die
-between the request's start and ``DIES_WITHIN`` after its answer.  Every other
+from just before its answer (``CLOSED_WITHIN``) to ``DIES_WITHIN`` after it.  Every other
 death of a worker must be explained by a fault the soak injected, in time
 (``fault_explains``).
 
