@@ -86,6 +86,7 @@ class Phase:
     born: dict = field(default_factory=dict)         # pid -> when first seen alive
     died: dict = field(default_factory=dict)         # pid -> when first seen gone
     deaths: dict = field(default_factory=dict)       # pid -> [(at, why)]
+    stopping: dict = field(default_factory=dict)     # pid -> when its explained end began
     unexpected: list = field(default_factory=list)   # (what went wrong, worker pid or None)
     log: str = ""
     started: float = 0.0
@@ -301,6 +302,9 @@ def explain_deaths(phase, ran_on):
                     and (died is None or r.end - near <= died <= r.end + rules.DIES_WITHIN):
                 why.append((r.start, f"{r.kind} request {r.rid}"))
         phase.deaths[pid] = why
+        if why and died is not None:
+            phase.stopping[pid] = min([died] + [at for at, cause in why
+                                                if cause in ("SIGHUP", "SIGTTOU", "SIGTERM")])
         if not why:
             when = "" if died is None else f" {died - phase.started:.1f} s into the phase"
             phase.unexpected.append((f"worker {pid} ended ({how}){when}, and no fault or "
@@ -318,10 +322,10 @@ def collateral(phase, r, ran_on):
         return False
     near = rules.CLOSED_WITHIN + WATCH_EVERY
     pid = ran_on.get(r.rid)
-    if pid is None:     # never reached the app: accepted by a worker that then died
-        return r.outcome == "closed" and any(
-            abs(died - r.end) <= near for worker, died in phase.died.items()
-            if phase.deaths.get(worker))
+    if pid is None:     # never reached the app: accepted by a worker that then stopped
+        return r.outcome == "closed" and any(   # (a graceful stop closes what it has not read)
+            begun - near <= r.end <= phase.died[worker] + near
+            for worker, begun in phase.stopping.items())
     died = phase.died.get(pid)
     causes = [why for _, why in phase.deaths.get(pid, ()) if not why.endswith(r.rid)]
     if not causes or died is None:

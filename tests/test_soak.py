@@ -116,3 +116,12 @@ def test_a_section_stopped_by_neighbours_past_its_cap_may_be_cancelled_at_it(soa
     assert rules.verdict("long", "gevent", "504", 11.7, 11.7, body, blocked=8.0)
     assert not rules.verdict("long", "gevent", "504", 11.7, 11.7, body, blocked=0.5)
     assert not rules.verdict("long", "sync", "504", 11.7, 11.7, body)
+
+
+def test_a_request_that_never_reached_the_app_may_be_closed_only_while_a_worker_stops(soak):
+    hup = soak.Fault(at=10.0, name="HUP", workers=(7,))
+    for end, excused in [(10.5, True), (12.1, True), (9.0, False), (14.0, False)]:
+        r = soak.Result("fast", "r1", start=end, end=end, outcome="closed")
+        phase = phase_with(soak, "gthread", faults=[hup], results=[r], died={7: 12.0})
+        soak.judge(phase, {}, {})
+        assert (r.verdict == "collateral") == excused, end
