@@ -54,11 +54,15 @@ class Expect:
     hi: float = CLIENT_TIMEOUT   # seconds, at most, from the app's start to the answer
     names: str = ""              # a 504's body names this
     ends_worker: bool = False    # the request legitimately ends its worker
+    lo_from_app: bool = False    # ``lo`` counts from the app's start, not from the send
 
     def allows(self, outcome, since_sent, since_began, body):
         """``since_sent``: from the client's send; ``since_began``: from its worker's start
-        of the app (later: a request may wait in the listen queue, and be read)."""
-        return (outcome == self.outcome and self.lo <= since_sent
+        of the app (later: a request may wait in the listen queue, and be read).  A
+        section's deadline counts from the app's start (``lo_from_app``); --timeout
+        from Gunicorn's, which comes a little before it."""
+        since = since_began if self.lo_from_app else since_sent
+        return (outcome == self.outcome and self.lo <= since
                 and since_began <= self.hi and self.names in body)
 
     def __str__(self):
@@ -71,7 +75,8 @@ CANCEL_WITHIN = 1.0  # from a deadline to the client's 504 (measured: under 0.1 
 
 def cancelled(deadline, name, why="ran past its cap"):
     """The section cancelled at its deadline, the worker alive: not the backstop's abort."""
-    return Expect("504", deadline, deadline + CANCEL_WITHIN, f"{name}' {why}")
+    return Expect("504", deadline, deadline + CANCEL_WITHIN, f"{name}' {why}",
+                  lo_from_app=True)
 
 
 def timed_out(ends_worker):
@@ -120,8 +125,9 @@ def gil_past_cap(latest_deadline):
             Expect("504", CAP, end, "soak gil", ends_worker=True)]
 
 
-SURVIVES = Expect("200")
-SURVIVES_LONG = Expect("200", LONG)
+SURVIVES = Expect("200", hi=1 + SLACK)
+SURVIVES_LONG = Expect("200", LONG, LONG + SLACK)      # (under NEIGHBOUR_CAP: never past the cap)
+SURVIVES_GIL = Expect("200", hi=NEIGHBOUR_CAP)          # a C call's length is only about LONG
 
 # kind: (path, weight in the deck, {flavor: [allowed outcomes]}); flavors are
 # "sync", "gevent" and "gthread"; a kind a flavor does not list is not sent to it.
@@ -133,7 +139,7 @@ KINDS = {
     "cpu": (f"/cpu?s={LONG}&cap={NEIGHBOUR_CAP}", 2, {
         "sync": [SURVIVES_LONG], "gevent": [SURVIVES_LONG], "gthread": [SURVIVES_LONG]}),
     "gil": (f"/gil?s={LONG}&cap={NEIGHBOUR_CAP}", 1, {     # (a C call's length is only about LONG)
-        "sync": [SURVIVES], "gevent": [SURVIVES], "gthread": [SURVIVES]}),
+        "sync": [SURVIVES_GIL], "gevent": [SURVIVES_GIL], "gthread": [SURVIVES_GIL]}),
     "cap_wait": (f"/cap_wait?cap={CAP}", 1, {
         "sync": [cancelled(CAP, "soak cap_wait")],
         "gevent": [cancelled(CAP, "soak cap_wait")],
@@ -173,9 +179,11 @@ def fault_explains(fault, how, sent_at, died_at):
     """Does a fault sent at ``sent_at`` explain a worker's death at ``died_at``?
 
     ``how`` the worker ended: HUP, TTOU and TERM make it stop gracefully
-    ("graceful": it exits by itself), KILL leaves it killed by "SIGKILL".
+    ("graceful": it exits by itself), or be aborted on the way ("code 1": a
+    request holding the GIL kept it past --timeout, or its threads past the
+    graceful timeout); KILL leaves it killed by "SIGKILL".
     """
-    if how != ("SIGKILL" if fault == "KILL" else "graceful"):
+    if how not in (("SIGKILL",) if fault == "KILL" else ("graceful", "code 1")):
         return False
     return sent_at <= died_at <= sent_at + FAULT_KILLS_WITHIN[fault]
 
