@@ -79,12 +79,6 @@ def cancelled(deadline, name, why="ran past its cap"):
                   lo_from_app=True)
 
 
-def timed_out(ends_worker):
-    """504 naming --timeout, from the arbiter: counted from the last heartbeat (up to
-    --timeout / 2 before the request began)."""
-    return Expect("504", TIMEOUT / 2, TIMEOUT + CANCEL_GRACE + SLACK, "--timeout", ends_worker)
-
-
 def cancelled_at_timeout():
     """The threaded worker cancels a request thread past --timeout outside sections: it lives."""
     return Expect("504", TIMEOUT, TIMEOUT + CANCEL_WITHIN, "--timeout")
@@ -96,9 +90,11 @@ def aborted_by_the_arbiter():
     The arbiter looks for stale workers again at every signal it gets, and a
     worker it has just aborted exiting is one: a second worker aborted in the
     same look may get its SIGKILL before it has run its SIGABRT handler (see
-    the README's Limits).  Stock Gunicorn does the same.
+    the README's Limits).  Stock Gunicorn does the same.  Times count from the
+    last heartbeat, up to --timeout / 2 before the request began.
     """
-    return [timed_out(True),
+    return [Expect("504", TIMEOUT / 2, TIMEOUT + CANCEL_GRACE + SLACK, "--timeout",
+                   ends_worker=True),
             Expect("closed", TIMEOUT / 2, TIMEOUT + 1 + SLACK, ends_worker=True)]
 
 
