@@ -26,7 +26,9 @@ def test_gil_held_at_startup_inside_the_startup_section(start):
 
 def test_gil_held_inside_a_section_survives(start):
     srv = start()
-    status, took = timed_get(srv, f"/section_gil?s={3 * TIMEOUT}&cap=30")
+    # asks for 4 x --timeout and asserts only half of it: a calibrated C loop runs
+    # up to 40 % short on a shared 2-core machine (CI measured 1.99 s for 3 s)
+    status, took = timed_get(srv, f"/section_gil?s={4 * TIMEOUT}&cap=30")
     assert status == 200 and took >= 2 * TIMEOUT
     assert "WORKER TIMEOUT" not in srv.log()
 
