@@ -47,6 +47,11 @@ FAULTS = ["HUP", "TTIN", "KILL", "TTOU", "TERM"]
 RSS_GROWTH_LIMIT_MIB = 32     # per process over its sampled life
 RSS_BAND_MIB = 8              # the last third's median RSS above the first third's
 MIN_SLOPE_SECONDS = 60        # growth per hour only from processes sampled this long
+WARM_UP_SECONDS = 20          # ... after their first samples (imports, caches, allocator)
+# A long-lived process with no swing to speak of (an arbiter, the sentinel's worker) leaks
+# if its growth per hour passes these (the 10-minute runs measure at most 5 MiB/h and no
+# fd or thread growth; one fd leaked per 30 requests on the sentinel is 36/h).
+SLOPE_LIMITS = {"RSS MiB": 32, "open fds": 24, "threads": 24}
 WATCH_EVERY = 0.1             # how often the soak looks for workers that died
 SEED = 1234
 
@@ -63,6 +68,7 @@ class Result:
     expect: rules.Expect = None   # the rule it met
     began: float = 0.0            # when its worker began it (the journal's), else ``start``
     blocked: float = 0.0          # seconds neighbours stopped its worker (gevent, gthread)
+    owed: str = ""                # its rule ends its worker, which did not end that way
 
 
 @dataclass
@@ -86,7 +92,9 @@ class Phase:
     born: dict = field(default_factory=dict)         # pid -> when first seen alive
     died: dict = field(default_factory=dict)         # pid -> when first seen gone
     deaths: dict = field(default_factory=dict)       # pid -> [(at, why)]
-    stopping: dict = field(default_factory=dict)     # pid -> when its explained end began
+    how: dict = field(default_factory=dict)          # pid -> how it ended (``how_it_ended``)
+    stopping: dict = field(default_factory=dict)     # pid -> when the graceful stop that
+                                                     # ended it began (a fault, a retirement)
     unexpected: list = field(default_factory=list)   # (what went wrong, worker pid or None)
     log: str = ""
     started: float = 0.0
@@ -265,17 +273,29 @@ def watch(servers, phase, stop, sample_every):
 
 # -- verdicts ------------------------------------------------------------------------------------
 def how_it_ended(log, pid):
-    """"graceful", "SIGKILL", "code 1", ...: how the arbiter says worker ``pid`` ended.
+    """How the arbiter's log says worker ``pid`` ended.
 
-    Graceful: it exited by itself with code 0 (or of SIGTERM), or it is a
-    threaded worker that retired at the end of its graceful stop with request
-    threads it could not end (code 1, and heartworker says so).
+    * "graceful": it exited by itself with code 0 (or of SIGTERM), or it is a
+      threaded worker that retired at the end of its graceful stop with
+      request threads it could not end (code 1, and heartworker says so);
+    * "aborted": the arbiter's ``WORKER TIMEOUT`` (its SIGABRT), then an exit
+      (code 0 when the abort ended a request, as in stock, else 1);
+    * "aborted, then SIGKILL": the arbiter's SIGKILL at a later look;
+    * "SIGKILL" with no ``WORKER TIMEOUT`` (the soak's fault), "code 1" (an
+      abort of heartworker's guard), or any other signal or exit code.
     """
     m = re.search(rf"Worker \(pid:{pid}\) (?:was sent (\w+)|exited with code (\d+))", log)
-    if m is None or m.group(1) == "SIGTERM" or \
+    signal_name = m and m.group(1)
+    if f"WORKER TIMEOUT (pid:{pid})" in log and signal_name in (None, "SIGKILL"):
+        return "aborted, then SIGKILL" if signal_name else "aborted"
+    if m is None or signal_name == "SIGTERM" or \
             f"worker (pid {pid}) exits with" in log and m.group(2) == "1":
         return "graceful"
-    return m.group(1) or f"code {m.group(2)}"
+    return signal_name or f"code {m.group(2)}"
+
+
+GRACEFUL_FAULTS = ("SIGHUP", "SIGTTOU", "SIGTERM")
+NEAR = rules.CLOSED_WITHIN + WATCH_EVERY   # a death and the connections it closed, as seen
 
 
 def explain_deaths(phase, ran_on):
@@ -283,56 +303,138 @@ def explain_deaths(phase, ran_on):
 
     A fault explains a death that followed it in time and in the way it stops a
     worker (``soak_rules.fault_explains``); a request whose documented end is
-    its worker's explains a death from just before its answer (the connection
-    closed by the death) to ``DIES_WITHIN`` after it.
+    its worker's explains a death that ended the way that request ends one,
+    from just before its answer (the connection closed by the death) to
+    ``DIES_WITHIN`` after it.
     """
-    near = rules.CLOSED_WITHIN + WATCH_EVERY
     for pid in phase.booted:
         if pid in phase.alive_at_end:
             continue
         died = phase.died.get(pid)            # None: born and gone between two looks
-        how = how_it_ended(phase.log, pid)
-        why = []
+        how = phase.how[pid] = how_it_ended(phase.log, pid)
+        why, stops = [], []
         for fault in phase.faults:
             aimed = fault.target == pid or fault.name == "HUP" and pid in fault.workers
-            if aimed and (died is None or rules.fault_explains(fault.name, how, fault.at, died)):
+            # (gone between two looks: it was alive at the fault, so it died at once)
+            if aimed and rules.fault_explains(
+                    fault.name, how, fault.at, fault.at if died is None else died,
+                    delayed=gil_held(phase, ran_on, pid, fault.at, died or fault.at)):
                 why.append((fault.at, f"SIG{fault.name}"))
+                if why[-1][1] in GRACEFUL_FAULTS:
+                    stops.append(fault.at)
         for r in phase.results:
-            if ran_on.get(r.rid) == pid and r.expect is not None and r.expect.ends_worker \
-                    and (died is None or r.end - near <= died <= r.end + rules.DIES_WITHIN):
+            if ran_on.get(r.rid) == pid and r.expect is not None \
+                    and how in r.expect.ends_worker and (died is None or ended_by(r, died)):
                 why.append((r.start, f"{r.kind} request {r.rid}"))
+                if how == "graceful":     # the threaded worker retiring: at the earliest
+                    stops.append(r.start + r.expect.lo)   # from its deadline + the grace
         phase.deaths[pid] = why
-        if why and died is not None:
-            phase.stopping[pid] = min([died] + [at for at, cause in why
-                                                if cause in ("SIGHUP", "SIGTTOU", "SIGTERM")])
+        if stops and died is not None:
+            phase.stopping[pid] = min(stops)
         if not why:
             when = "" if died is None else f" {died - phase.started:.1f} s into the phase"
             phase.unexpected.append((f"worker {pid} ended ({how}){when}, and no fault or "
                                      f"request explains it", pid))
 
 
+def gil_held(phase, ran_on, pid, since, until):
+    """Seconds that requests holding the GIL (``soak_rules.GIL_KINDS``) ran in worker
+    ``pid`` between ``since`` and ``until``."""
+    return sum(max(0.0, min(r.end, until) - max(r.began, since)) for r in phase.results
+               if r.kind in rules.GIL_KINDS and ran_on.get(r.rid) == pid)
+
+
+def ended_by(r, died):
+    """Is a death at ``died`` where request ``r``, which ends its worker, puts it?"""
+    return r.end - NEAR <= died <= r.end + rules.DIES_WITHIN
+
+
+def closes_at_death(phase, pid):
+    """Does worker ``pid``'s death close what it still runs?
+
+    An abrupt end (SIGKILL, an abort) or a request's end of it (the threaded
+    worker retiring) does; a graceful stop only once its graceful timeout ran
+    out (``GRACEFUL`` after the earliest fault that stopped it).
+    """
+    if phase.how[pid] != "graceful" or any(
+            why not in GRACEFUL_FAULTS for _, why in phase.deaths[pid]):
+        return True
+    return phase.died[pid] - phase.stopping[pid] >= rules.GRACEFUL - WATCH_EVERY
+
+
 def collateral(phase, r, ran_on):
     """Did ``r`` end because its worker died of an explained cause while it ran?
 
-    A connection closed (or a body cut short) by the death ends when it does;
-    an answer (a ``200``, a graceful stop's ``504``) comes before the death, by
-    at most ``COLLATERAL_WITHIN``.
+    A connection closed (or a body cut short) by the death ends when it does,
+    if that death closes what it still runs (``closes_at_death``); an answer (a
+    graceful stop's ``504`` or ``200``, ``soak_rules.collateral_allowed``; the
+    threaded worker's retirement is one) comes before the death, by at most
+    ``COLLATERAL_WITHIN``.  A request that never reached the app (no journal
+    line) may have been accepted by any worker that died after it was sent;
+    the threaded worker closes those as its graceful stop begins.
     """
-    if not rules.collateral_allowed(r.kind, phase.flavor, r.outcome):
-        return False
-    near = rules.CLOSED_WITHIN + WATCH_EVERY
     pid = ran_on.get(r.rid)
-    if pid is None:     # never reached the app: accepted by a worker that then stopped
-        return r.outcome == "closed" and any(   # (a graceful stop closes what it has not read)
-            begun - near <= r.end <= phase.died[worker] + near
-            for worker, begun in phase.stopping.items())
+    if pid is None:
+        return r.outcome == "closed" and any(
+            r.start <= died + NEAR and (
+                abs(died - r.end) <= NEAR and closes_at_death(phase, worker)
+                or phase.flavor == "gthread" and worker in phase.stopping
+                and phase.stopping[worker] - NEAR <= r.end <= died + NEAR)
+            for worker, died in phase.died.items() if phase.deaths.get(worker))
     died = phase.died.get(pid)
     causes = [why for _, why in phase.deaths.get(pid, ()) if not why.endswith(r.rid)]
     if not causes or died is None:
         return False
     if r.outcome in ("closed", "truncated"):
-        return abs(died - r.end) <= near
-    return r.end - near <= died <= r.end + rules.COLLATERAL_WITHIN
+        return abs(died - r.end) <= NEAR and closes_at_death(phase, pid)
+    return rules.collateral_allowed(
+        r.kind, phase.flavor, r.outcome, r.body, graceful=pid in phase.stopping,
+        aborted=phase.how[pid] in ("code 1",) + rules.ABORTED) \
+        and r.end - NEAR <= died <= r.end + rules.COLLATERAL_WITHIN
+
+
+SECOND_LOOK_WITHIN = 0.5    # from what woke the arbiter to the SIGKILL it sent, as seen
+
+
+def second_look(phase, pid):
+    """Did the arbiter look again right after its SIGABRT to ``pid`` (and SIGKILL it)?
+
+    It looks at every signal it gets: another worker's exit, or one the soak
+    sent it (see ``soak_rules.aborted_by_the_arbiter``).
+    """
+    died = phase.died.get(pid)
+    if phase.how.get(pid) != "aborted, then SIGKILL" or died is None:
+        return False
+    woke = [at for other, at in phase.died.items() if other != pid] + \
+        [f.at for f in phase.faults if f.name in ("HUP", "TTIN", "TTOU")]
+    return any(died - SECOND_LOOK_WITHIN - WATCH_EVERY <= at <= died + WATCH_EVERY
+               for at in woke)
+
+
+def owed_deaths(phase, ran_on):
+    """Requests met a rule that ends their worker: did it (``always_ends``, ``second_look``)?
+
+    One that did not is judged again as collateral (a fault's SIGKILL closes a
+    hang's connection too), else it is unexpected for that reason (``owed``).
+    """
+    for r in phase.results:
+        expect, pid = r.expect, ran_on.get(r.rid)
+        if expect is None or not (expect.always_ends or expect.second_look):
+            continue
+        died = phase.died.get(pid)
+        if expect.always_ends and (pid not in phase.deaths or died is not None
+                                   and not ended_by(r, died)):
+            why = ("lived on" if pid not in phase.deaths else
+                   f"died {died - r.end:+.2f} s after the answer")
+        elif expect.second_look and not second_look(phase, pid):
+            why = (f"ended ({phase.how.get(pid)}) with no second look of the arbiter "
+                   f"right after its SIGABRT")
+        else:
+            continue
+        r.expect, r.verdict = None, ""
+        r.owed = (f"{r.kind} ({r.rid}, worker {pid}): got {r.outcome} after "
+                  f"{r.end - r.began:.2f} s, an end that takes its worker with it "
+                  f"({expect}), but the worker {why}")
 
 
 def blocked_for(phase, r, ran_on):
@@ -363,6 +465,7 @@ def judge(phase, ran_on, began):
         if r.expect is not None:
             r.verdict = "expected"
     explain_deaths(phase, ran_on)
+    owed_deaths(phase, ran_on)
     for r in phase.results:
         if r.verdict:
             continue
@@ -370,9 +473,10 @@ def judge(phase, ran_on, began):
             r.verdict = "collateral"
             continue
         allowed = " or ".join(str(e) for e in rules.expected(r.kind, phase.flavor, r.blocked))
-        r.verdict = (f"{r.kind} ({r.rid}, worker {ran_on.get(r.rid, '?')}): got {r.outcome} "
-                     f"after {r.end - r.began:.2f} s there ({r.end - r.start:.2f} s since "
-                     f"sent) {r.body.strip()[:80]!r}; expected {allowed}")
+        r.verdict = r.owed or (
+            f"{r.kind} ({r.rid}, worker {ran_on.get(r.rid, '?')}): got {r.outcome} after "
+            f"{r.end - r.began:.2f} s there ({r.end - r.start:.2f} s since sent) "
+            f"{r.body.strip()[:80]!r}; expected {allowed}")
         phase.unexpected.append((r.verdict, ran_on.get(r.rid)))
 
 
@@ -397,9 +501,24 @@ def per_hour(samples, column):
     return 0.0 if var == 0 else 3600 * sum((t - mt) * (v - mv) for t, v in zip(ts, vs)) / var
 
 
-def leaks_of(label, samples, fd_band, thread_band):
-    """What grew for good in one process's samples: fds, threads, RSS."""
+def leaks_of(label, samples, fd_band, thread_band, steady=False):
+    """What grew for good in one process's samples: fds, threads, RSS.
+
+    ``steady``: a process whose counts do not swing is also judged by its
+    growth per hour (``SLOPE_LIMITS``), after its warm-up, when sampled long
+    enough; its threads too unless a pool may start some (``thread_band``).
+    """
     found = []
+    settled = [s for s in samples if s[0] >= samples[0][0] + WARM_UP_SECONDS]
+    if steady and settled and settled[-1][0] - settled[0][0] >= MIN_SLOPE_SECONDS:
+        for column, name, unit in ((1, "RSS MiB", 1024), (2, "open fds", 1), (3, "threads", 1)):
+            if name == "threads" and thread_band > 1:
+                continue
+            slope = per_hour(settled, column) / unit
+            if slope > SLOPE_LIMITS[name]:
+                found.append(f"{label}: {name} grew {slope:+.1f} per hour over "
+                             f"{settled[-1][0] - settled[0][0]:.0f} s, past "
+                             f"{SLOPE_LIMITS[name]} per hour")
     for column, name, band in ((2, "open fds", fd_band), (3, "threads", thread_band),
                                (1, "RSS KiB", RSS_BAND_MIB * 1024)):
         values = [s[column] for s in samples]
@@ -413,12 +532,14 @@ def leaks_of(label, samples, fd_band, thread_band):
     return found
 
 
-def growth(phase, masters, sentinel):
+def growth(phase, masters, sentinel, serving):
     """Rows of the resource table, and leaks found (fds, threads, RSS that grew for good).
 
     ``masters``: the arbiters' pids; ``sentinel``: the sentinel server's pids,
     whose one client leaves its fds no swing to speak of.  A threaded worker's
-    pool starts threads as requests come, up to ``--threads``.
+    pool starts threads as requests come, up to ``--threads``.  ``serving``:
+    pid -> when a worker began its first request; it is judged from then on (a
+    worker that TTIN or HUP started waits idle until the load finds it).
     """
     pool = common.THREADS if phase.flavor == "gthread" else 1
     rows = {}
@@ -426,10 +547,15 @@ def growth(phase, masters, sentinel):
                         ("workers", [p for p in phase.samples if p not in masters])):
         long_lived = [p for p in pids if len(phase.samples[p]) >= 4]
         for pid in long_lived:
-            band = 2 if pid in masters or pid in sentinel else CLIENTS + 1
+            steady = pid in masters or pid in sentinel
             who = f"{'sentinel ' if pid in sentinel else ''}{label.rstrip('s')} {pid}"
-            phase.leaks.extend(leaks_of(who, phase.samples[pid], band,
-                                        1 if pid in masters else pool))
+            samples = [s for s in phase.samples[pid]
+                       if pid in masters or s[0] >= serving.get(pid, float("inf"))]
+            if len(samples) < 4:
+                continue
+            phase.leaks.extend(leaks_of(who, samples, 2 if steady else CLIENTS + 1,
+                                        1 if pid in masters else pool,
+                                        steady=steady))
         if not long_lived:
             rows[label] = ("-", "-", "-", "-", 0)
             continue
@@ -517,7 +643,10 @@ def run_phase(flavor, worker, workers, seconds, path, rng):
         ran = {**journal(journal_path), **journal(sentinel_journal)}
         judge(phase, {rid: pid for rid, (pid, _) in ran.items()},
               {rid: began for rid, (_, began) in ran.items()})
-        rows = growth(phase, masters, {masters[1], *phase_booted(sentinel)})
+        serving = {}
+        for pid, began in ran.values():
+            serving[pid] = min(began, serving.get(pid, began))
+        rows = growth(phase, masters, {masters[1], *phase_booted(sentinel)}, serving)
         for pattern in ("the guard thread failed", "Unhandled exception", "Exception in thread"):
             if pattern in phase.log:
                 phase.unexpected.append((f"the log says {pattern!r}", None))

@@ -12,19 +12,27 @@ README's semantics allow, each with its bounds:
 * ``closed`` (no status): the threaded worker retiring around a thread it
   cannot interrupt, and C code holding the GIL until the arbiter kills.
 
-``ends_worker`` says the request legitimately ends its worker (the sync worker's
-``--timeout`` abort, gevent's hub blocked outside sections, the threaded worker
-retiring, the arbiter's kill while the GIL is held): its worker must then die
-from just before its answer (``CLOSED_WITHIN``) to ``DIES_WITHIN`` after it.  Every other
-death of a worker must be explained by a fault the soak injected, in time
-(``fault_explains``).
+``ends_worker`` says how the request may legitimately end its worker, as the
+arbiter's log tells (``soak.how_it_ended``: ``"aborted"`` by the arbiter at
+``--timeout``, the sync worker's hang or gevent's hub blocked outside sections,
+or C code holding the GIL past a deadline; ``"aborted, then SIGKILL"``, its
+kill at a later look; ``"graceful"``: the threaded worker retiring),
+and ``always_ends`` that it must: its worker then dies from just before its
+answer (``CLOSED_WITHIN``) to ``DIES_WITHIN`` after it, and that death is
+explained only if it ended in one of those ways.  Every other death of a
+worker must be explained by a fault the soak injected, in time and in the way
+that fault ends a worker (``fault_explains``).
 
 *Collateral*: a request whose worker died of an explained cause while the
-request ran (``COLLATERAL_WITHIN``) may end in ``closed`` or ``truncated`` (a
-gevent abort closes its other connections; SIGKILL closes everything, a
-response half-sent too), in ``504`` (a graceful stop cancels sections at
-``--graceful-timeout``), or in ``200`` if its kind may end in 200 at all.  Never
-a ``500``, a read timeout, or another status.
+request ran may end in ``closed`` or ``truncated`` at the death (a gevent abort
+closes its other connections; SIGKILL closes everything, a response half-sent
+too), but a worker that stopped gracefully closes only what was still running
+when its graceful timeout ran out.  During a graceful stop (``HUP``, ``TTOU``,
+``TERM``) it may end in a ``504`` that says so (its section, or request, ran
+past the graceful timeout after SIGTERM), or in ``200`` if its kind may end in
+200 at all; when a gevent worker is aborted, the greenlet that happened to run
+may get a ``504`` saying that the worker was aborted (``collateral_allowed``).
+Never a ``500``, a read timeout, or another status.
 
 *Neighbours*: a request that blocks the gevent hub (Python code, a C call)
 stops every other greenlet of its worker, and one holding the GIL (``gil``,
@@ -53,8 +61,10 @@ class Expect:
     lo: float = 0.0              # seconds, at least, from sending to the answer
     hi: float = CLIENT_TIMEOUT   # seconds, at most, from the app's start to the answer
     names: str = ""              # a 504's body names this
-    ends_worker: bool = False    # the request legitimately ends its worker
+    ends_worker: tuple = ()      # how it may end its worker (``how_it_ended``'s words)
+    always_ends: bool = False    # ... and it must
     lo_from_app: bool = False    # ``lo`` counts from the app's start, not from the send
+    second_look: bool = False    # only if the arbiter looked again right after its SIGABRT
 
     def allows(self, outcome, since_sent, since_began, body):
         """``since_sent``: from the client's send; ``since_began``: from its worker's start
@@ -84,24 +94,31 @@ def cancelled_at_timeout():
     return Expect("504", TIMEOUT, TIMEOUT + CANCEL_WITHIN, "--timeout")
 
 
+ABORTED = ("aborted", "aborted, then SIGKILL")   # the arbiter's abort (its SIGKILL if late)
+
+
 def aborted_by_the_arbiter():
     """The arbiter's abort at --timeout: a 504, or a connection closed by its early SIGKILL.
 
-    The arbiter looks for stale workers again at every signal it gets, and a
-    worker it has just aborted exiting is one: a second worker aborted in the
-    same look may get its SIGKILL before it has run its SIGABRT handler (see
-    the README's Limits).  Stock Gunicorn does the same.  Times count from the
-    last heartbeat, up to --timeout / 2 before the request began.
+    The arbiter looks for stale workers again at every signal it gets (a
+    worker's exit, a signal the soak sends it): if one comes right after its
+    SIGABRT, the SIGKILL may come before the worker has run its SIGABRT
+    handler (see the README's Limits).  Stock Gunicorn does the same.  So a
+    closed connection needs such a second look (``second_look``) and a SIGKILL.
+    Times count from the last heartbeat, up to --timeout / 2 before the
+    request began.
     """
     return [Expect("504", TIMEOUT / 2, TIMEOUT + CANCEL_GRACE + SLACK, "--timeout",
-                   ends_worker=True),
-            Expect("closed", TIMEOUT / 2, TIMEOUT + 1 + SLACK, ends_worker=True)]
+                   ends_worker=ABORTED, always_ends=True),
+            Expect("closed", TIMEOUT / 2, TIMEOUT + 1 + SLACK, ends_worker=ABORTED[1:],
+                   always_ends=True, second_look=True)]
 
 
 def retired(deadline):
     """The threaded worker retires: the connection closes when it exits, after its graceful wait."""
     return Expect("closed", deadline + CANCEL_GRACE,
-                  deadline + CANCEL_GRACE + GRACEFUL + SLACK, ends_worker=True)
+                  deadline + CANCEL_GRACE + GRACEFUL + SLACK, ends_worker=("graceful",),
+                  always_ends=True)
 
 
 # C code holding the GIL past its cap: the arbiter kills between the cap and the cap +
@@ -116,9 +133,9 @@ NEIGHBOUR_CAP = 10.0       # the cap of /long, /cpu and /gil
 
 def gil_past_cap(latest_deadline):
     end = latest_deadline + TIMEOUT + 2 + SLACK
-    return [Expect("closed", CAP, end, ends_worker=True),
-            Expect("200", CAP, end, ends_worker=True),
-            Expect("504", CAP, end, "soak gil", ends_worker=True)]
+    return [Expect("closed", CAP, end, ends_worker=ABORTED, always_ends=True),
+            Expect("200", CAP, end, ends_worker=ABORTED),
+            Expect("504", CAP, end, "soak gil", ends_worker=ABORTED)]
 
 
 SURVIVES = Expect("200", hi=1 + SLACK)
@@ -162,32 +179,59 @@ KINDS = {
         "gthread": gil_past_cap(NEIGHBOUR_CAP)}),
 }
 
-# A request on a worker that died of an explained cause while it ran.
-COLLATERAL = ("200", "504", "closed", "truncated")
-COLLATERAL_WITHIN = GRACEFUL + 1   # the death may follow the answer (a graceful stop) by this much
+COLLATERAL_WITHIN = GRACEFUL + 1   # the death may follow a graceful stop's answer by this much
 DIES_WITHIN = 2.0                  # a request that ends its worker: from its answer to the exit
 CLOSED_WITHIN = 0.5                # a connection a death closes: from the death to the client
 FAULT_KILLS_WITHIN = {"KILL": 1.0, "TERM": GRACEFUL + SLACK, "TTOU": GRACEFUL + SLACK,
                       "HUP": GRACEFUL + SLACK}
 
 
-def fault_explains(fault, how, sent_at, died_at):
+FAULT_ENDS = {"KILL": ("SIGKILL", "aborted, then SIGKILL"),
+              "TERM": ("graceful", "code 1") + ABORTED}
+FAULT_ENDS["HUP"] = FAULT_ENDS["TTOU"] = FAULT_ENDS["TERM"]
+
+
+GIL_KINDS = ("gil", "gil_cap")   # C code holding the GIL: no Python signal handler runs
+
+
+def fault_explains(fault, how, sent_at, died_at, delayed=0.0):
     """Does a fault sent at ``sent_at`` explain a worker's death at ``died_at``?
 
-    ``how`` the worker ended: HUP, TTOU and TERM make it stop gracefully
-    ("graceful": it exits by itself), or be aborted on the way ("code 1": a
-    request holding the GIL kept it past --timeout, or its threads past the
-    graceful timeout); KILL leaves it killed by "SIGKILL".
+    ``delayed``: how long C code held the GIL in that worker meanwhile (its
+    SIGTERM handler, and so its graceful stop, waits for the GIL).
+
+    ``how`` the worker ended (``soak.how_it_ended``): HUP, TTOU and TERM make
+    it stop gracefully ("graceful": it exits by itself), or be aborted on the
+    way: by heartworker's guard at the graceful limit ("code 1"), or by the
+    arbiter when the stop outlasts --timeout without a heartbeat (a C call
+    holding the GIL; Gunicorn's graceful wait, which does not notify), then
+    SIGKILLed if a thread it cannot end keeps it alive.  KILL leaves it killed
+    by SIGKILL, whoever aborted it before.
     """
-    if how not in (("SIGKILL",) if fault == "KILL" else ("graceful", "code 1")):
+    if how not in FAULT_ENDS[fault]:
         return False
-    return sent_at <= died_at <= sent_at + FAULT_KILLS_WITHIN[fault]
+    return sent_at <= died_at <= sent_at + FAULT_KILLS_WITHIN[fault] + (
+        0.0 if fault == "KILL" else delayed)
 
 
-def collateral_allowed(kind, flavor, outcome):
+def collateral_allowed(kind, flavor, outcome, body, graceful, aborted):
+    """May a request of ``kind`` end in ``outcome`` because its worker died (see *Collateral*)?
+
+    ``graceful``: the death came at the end of a graceful stop (HUP, TTOU,
+    TERM, a retirement); ``aborted``: by an abort (the arbiter's, the
+    guard's).  The caller checks the timing.
+    """
+    if outcome in ("closed", "truncated"):
+        return True
     if outcome == "200":
-        return any(e.outcome == "200" for e in KINDS[kind][2][flavor])
-    return outcome in COLLATERAL
+        return graceful and any(e.outcome == "200" for e in KINDS[kind][2][flavor])
+    if outcome == "504":
+        route = path(kind).split("?")[0]
+        return graceful and "ran past the graceful timeout after SIGTERM" in body and (
+            f"section 'soak {route[1:]}'" in body or f"'GET {route}'" in body) or \
+            aborted and flavor == "gevent" and \
+            body.startswith("Gateway Timeout: the worker was aborted: ")
+    return False
 
 
 def path(kind):

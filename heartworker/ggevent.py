@@ -106,7 +106,7 @@ class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.aborted_greenlets = set()   # the greenlets whose requests the abort ended
+        self.aborted_greenlets = {}      # greenlet -> the cause its request's 504 names
 
     def make_flavor(self):
         self.main_greenlet = getcurrent()   # runs init_process and then the serving loop
@@ -117,7 +117,7 @@ class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
         if getcurrent() in self.aborted_greenlets:
             # Gunicorn's gevent worker swallowed the abort's SystemExit, raised in this
             # greenlet's request (see handle_abort): answer it.
-            answer_timeout(self, req, sock, addr, self.abort_cause)
+            answer_timeout(self, req, sock, addr, self.aborted_greenlets[getcurrent()])
         return handled
 
     def handle_abort(self, sig, frame):
@@ -129,7 +129,10 @@ class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
         from the hub's next callbacks, in the greenlet of the section the guard
         aborts for (if it waits elsewhere) and then in the main greenlet, from
         where it ends the process as ``sys.exit`` should.  The request greenlets
-        that get it first answer their clients (``504``, see ``answer.py``).
+        that get it first answer their clients (``504``, see ``answer.py``): the
+        one it is aborted for, or that blocked the hub, with the cause; one that
+        merely ran when the signal came (its section within its cap: a guard's
+        abort) says that the worker was aborted, and why.
         """
         if self.guard is None or not self.guard.aborting:
             # The arbiter's WORKER TIMEOUT.  Unlike the sync worker's, Gunicorn's gevent
@@ -142,7 +145,11 @@ class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
             loop = gevent.get_hub().loop
             section = self.guard.abort_section if self.guard is not None else None
             owner = section.owner if section is not None else None
-            self.aborted_greenlets.update((getcurrent(), owner))
+            running = getcurrent()
+            if owner is not None:
+                self.aborted_greenlets.setdefault(owner, self.abort_cause)
+            self.aborted_greenlets.setdefault(running, self.abort_cause if owner in (
+                None, running) else f"the worker was aborted: {self.abort_cause}")
             for greenlet in dict.fromkeys((owner, self.main_greenlet)):   # in this order
                 if greenlet is not None and greenlet is not getcurrent() and not greenlet.dead:
                     loop.run_callback(greenlet.throw, exit_)

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import requests
 
 from tests.gunicorn_server import ROOT
 from tests.timing import in_background, killed, timed_get
@@ -123,6 +124,27 @@ def test_gunicorn_without_gevent_reports_the_missing_extra(server, tmp_path):
                  env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
     assert srv.proc.wait(20) != 0
     assert "pip install 'heartworker[gevent]'" in srv.log()
+
+
+def test_a_greenlet_running_when_the_guard_aborts_for_another_says_the_worker_was_aborted(
+        gevent_server):
+    # The abort's SystemExit lands in whichever greenlet runs (here, nearly always the
+    # CPU-bound one, within its cap); its 504 named the other greenlet's section as if it
+    # were its own (found by benchmarks/soak.py).
+    srv = gevent_server(timeout=TIMEOUT)
+    stubborn, _ = in_background(srv, "/section_stubborn?cap=1")
+    time.sleep(0.3)
+    r = None
+    try:
+        r = srv.get("/section_busy_yielding?s=8&cap=30&name=inference", timeout=30)
+    except requests.ConnectionError:
+        pass                    # the signal came while the hub ran: closed, as stock
+    stubborn.join(30)
+    assert "aborting worker" in srv.log(), srv.log()
+    if r is not None:
+        assert r.status_code == 504, (r.status_code, r.text)
+        assert r.text.startswith("Gateway Timeout: the worker was aborted: section 'stubborn' "
+                                 "is still running"), r.text
 
 
 def test_a_greenlet_that_swallows_its_cancellation_gets_the_worker_aborted(gevent_server):

@@ -50,10 +50,26 @@ def test_a_steady_leak_is_found_and_a_swing_is_not(soak):
     assert not soak.grew_for_good([10, 11, 30, 31, 30], band=2), "five samples say nothing"
 
 
-def phase_with(soak, flavor, faults=(), results=(), died=None, log=""):
+def test_a_slow_leak_of_a_steady_process_is_found_by_its_growth_per_hour(soak):
+    def samples(fds, rss=20000, every=5.0, n=40):   # 200 s, as a 10-minute run's phase
+        return [(t * every, rss(t) if callable(rss) else rss, fds(t), 3) for t in range(n)]
+    slow = samples(lambda t: 10 + t // 12)          # one fd a minute: the thirds miss it
+    assert not soak.leaks_of("w", slow, fd_band=2, thread_band=1)
+    assert soak.leaks_of("w", slow, fd_band=2, thread_band=1, steady=True)
+    swing = samples(lambda t: 10 + t % 2)           # a connection in flight or not
+    assert not soak.leaks_of("w", swing, fd_band=2, thread_band=1, steady=True)
+    warming = samples(lambda t: 10, rss=lambda t: 20000 + 4000 * min(t, 3))   # imports
+    assert not soak.leaks_of("w", warming, fd_band=2, thread_band=1, steady=True)
+    short = samples(lambda t: 10 + t // 2, n=12)    # 60 s, warm-up included: no slope
+    assert soak.leaks_of("w", short, fd_band=2, thread_band=1) == \
+        soak.leaks_of("w", short, fd_band=2, thread_band=1, steady=True)
+
+
+def phase_with(soak, flavor, faults=(), results=(), died=None, log="", alive=()):
     phase = soak.Phase(flavor, results=list(results), faults=list(faults), log=log)
-    phase.booted = list(died or {})
+    phase.booted = list(died or {}) + list(alive)
     phase.died = dict(died or {})
+    phase.alive_at_end = set(alive)
     return phase
 
 
@@ -68,20 +84,69 @@ def test_a_death_is_explained_only_by_a_cause_just_before_it_of_the_right_kind(s
         soak.explain_deaths(phase, {})
         assert (not phase.unexpected) == explained, (died, log)
     hup = soak.Fault(at=10.0, name="HUP", workers=(7,))
-    phase = phase_with(soak, "sync", faults=[hup], died={7: 11.0}, log=sigkilled)
-    soak.explain_deaths(phase, {})
-    assert phase.unexpected, "a HUP explains a graceful exit only"
+    for log, explained in [(sigkilled, False),     # the soak's SIGKILL, not the HUP
+                           ("", True),             # a graceful stop
+                           # the stop outlasted --timeout (Gunicorn's graceful wait does not
+                           # notify), and a thread stuck in a syscall kept the abort from ending it
+                           ("WORKER TIMEOUT (pid:7)\n" + sigkilled, True)]:
+        phase = phase_with(soak, "gthread", faults=[hup], died={7: 11.0}, log=log)
+        soak.explain_deaths(phase, {})
+        assert (not phase.unexpected) == explained, log
 
 
-def test_a_request_explains_its_workers_death_only_around_its_own_end(soak):
-    def hang(end):
-        r = soak.Result("hang_busy", "r1", start=0.0, end=end, outcome="504")
-        r.expect = soak.rules.expected("hang_busy", "sync")[0]
-        return r
-    for end, explained in [(2.1, True), (1.0, True), (30.0, False)]:
-        phase = phase_with(soak, "sync", results=[hang(end)], died={7: 2.2})
-        soak.explain_deaths(phase, {"r1": 7})
-        assert (not phase.unexpected) == explained, end
+def hang(soak, end, outcome="504"):
+    body = "Gateway Timeout: the request ran longer than --timeout (2 s)"
+    return soak.Result("hang_busy", "r1", start=0.0, end=end, outcome=outcome, body=body)
+
+
+def test_a_graceful_stop_may_wait_for_c_code_that_holds_the_gil(soak):
+    ttou = soak.Fault(at=10.0, name="TTOU", target=7)
+    for held_until, explained in [(16.0, True), (None, False)]:
+        holds = [] if held_until is None else [
+            soak.Result("gil_cap", "g", start=8.0, end=held_until, outcome="504")]
+        phase = phase_with(soak, "gthread", faults=[ttou], results=holds, died={7: 16.2})
+        soak.explain_deaths(phase, {"g": 7})
+        assert (not phase.unexpected) == explained, held_until
+
+
+def test_a_request_explains_its_workers_death_only_around_its_own_end_and_as_it_ends_one(soak):
+    aborted = "WORKER TIMEOUT (pid:7)\n"        # then an exit with code 0, as stock's sync worker
+    for end, log, explained in [(2.1, aborted, True), (1.8, aborted, True),
+                                (30.0, aborted, False),
+                                (2.1, aborted + "Worker (pid:7) was sent SIGSEGV!", False),
+                                (2.1, "Worker (pid:7) exited with code 1.", False),  # the guard
+                                (2.1, "", False)]:            # exited by itself
+        phase = phase_with(soak, "sync", results=[hang(soak, end)], died={7: 2.2}, log=log)
+        soak.judge(phase, {"r1": 7}, {"r1": 0.0})
+        assert (not phase.unexpected) == explained, (end, log)
+
+
+def test_a_request_whose_end_takes_its_worker_must_take_it(soak):
+    phase = phase_with(soak, "sync", results=[hang(soak, 2.1)], alive=[7])
+    soak.judge(phase, {"r1": 7}, {"r1": 0.0})
+    assert [why for why, _ in phase.unexpected if "lived on" in why], phase.unexpected
+
+
+def test_a_hang_closed_by_a_faults_sigkill_is_collateral(soak):
+    kill = soak.Fault(at=2.0, name="KILL", target=7)
+    phase = phase_with(soak, "sync", faults=[kill], results=[hang(soak, 2.1, "closed")],
+                       died={7: 2.2}, log="Worker (pid:7) was sent SIGKILL!")
+    soak.judge(phase, {"r1": 7}, {"r1": 0.0})
+    assert not phase.unexpected and phase.results[0].verdict == "collateral"
+
+
+def test_a_connection_closed_by_the_arbiters_sigkill_needs_its_second_look(soak):
+    killed = ("WORKER TIMEOUT (pid:7)\nWORKER TIMEOUT (pid:8)\n"
+              "Worker (pid:7) was sent SIGKILL!\nWorker (pid:8) exited with code 1.")
+    for other_died, explained in [(2.15, True), (0.5, False), (None, False)]:
+        died = {7: 2.2} if other_died is None else {7: 2.2, 8: other_died}
+        other = soak.Result("hang_busy", "r2", start=0.0, end=other_died or 0, outcome="504",
+                            body="Gateway Timeout: the request ran longer than --timeout (2 s)")
+        phase = phase_with(soak, "sync", results=[hang(soak, 2.2, "closed"), other],
+                           died=died, log=killed)
+        soak.judge(phase, {"r1": 7, "r2": 8}, {"r1": 0.0, "r2": 0.0})
+        unexpected = [why for why, _ in phase.unexpected if "second look" in why]
+        assert (not unexpected) == explained, other_died
 
 
 def test_collateral_needs_a_death_while_the_request_ran_and_never_excuses_a_wrong_200(soak):
@@ -118,10 +183,62 @@ def test_a_section_stopped_by_neighbours_past_its_cap_may_be_cancelled_at_it(soa
     assert not rules.verdict("long", "sync", "504", 11.7, 11.7, body)
 
 
+def test_a_graceful_stop_closes_only_what_outlived_its_graceful_timeout(soak):
+    hup = soak.Fault(at=10.0, name="HUP", workers=(7,))
+    grace = soak.rules.GRACEFUL
+    for died, excused in [(10.5, False), (10.0 + grace + 0.3, True)]:
+        r = soak.Result("long", "r1", start=9.0, end=died, outcome="closed")
+        phase = phase_with(soak, "gevent", faults=[hup], results=[r], died={7: died})
+        soak.judge(phase, {"r1": 7}, {"r1": 9.0})
+        assert (r.verdict == "collateral") == excused, died
+
+
+def test_a_504_is_collateral_only_of_a_graceful_stop_and_must_say_so(soak):
+    graceful = "Gateway Timeout: section 'soak long' ran past the graceful timeout after SIGTERM"
+    for fault, body, excused in [("TERM", graceful, True),
+                                 ("TERM", "Gateway Timeout: the request ran longer", False),
+                                 ("TERM", graceful.replace("long", "cpu"), False),
+                                 ("KILL", graceful, False)]:
+        log = "Worker (pid:7) was sent SIGKILL!" if fault == "KILL" else ""   # TERM: graceful
+        r = soak.Result("long", "r1", start=9.0, end=12.0, outcome="504", body=body)
+        phase = phase_with(soak, "sync", faults=[soak.Fault(10.0, fault, target=7)],
+                           results=[r], died={7: 10.1 if fault == "KILL" else 12.1}, log=log)
+        soak.judge(phase, {"r1": 7}, {"r1": 9.0})
+        assert (r.verdict == "collateral") == excused, (fault, body)
+
+
+def test_a_gevent_abort_may_answer_the_greenlet_that_ran_saying_the_worker_was_aborted(soak):
+    for flavor, body, excused in [
+            ("gevent", "Gateway Timeout: the worker was aborted: section 'soak cap_wait'", True),
+            ("gevent", "Gateway Timeout: section 'soak cap_wait' is still running", False),
+            ("sync", "Gateway Timeout: the worker was aborted: section 'soak cap_wait'", False)]:
+        culprit = hang(soak, 3.0)
+        culprit.expect = soak.rules.expected("hang_busy", flavor)[0]
+        r = soak.Result("cpu", "r2", start=1.0, end=3.0, outcome="504", body=body)
+        phase = phase_with(soak, flavor, results=[culprit, r], died={7: 3.1},
+                           log="WORKER TIMEOUT (pid:7)\nWorker (pid:7) exited with code 1.")
+        soak.judge(phase, {"r1": 7, "r2": 7}, {"r1": 0.0, "r2": 1.0})
+        assert (r.verdict == "collateral") == excused, (flavor, body)
+
+
+def test_a_threaded_worker_retiring_is_a_graceful_stop_for_its_other_requests(soak):
+    stuck = soak.Result("cap_wait", "r1", start=0.0, end=5.1, outcome="closed")
+    stuck.expect = soak.rules.expected("cap_wait", "gthread")[0]
+    body = "Gateway Timeout: section 'soak stalled' ran past the graceful timeout after SIGTERM"
+    other = soak.Result("stalled", "r2", start=1.0, end=4.9, outcome="504", body=body)
+    phase = phase_with(soak, "gthread", results=[stuck, other], died={7: 5.2},
+                       log="worker (pid 7) exits with 2 request(s)\n"
+                           "Worker (pid:7) exited with code 1.")
+    soak.judge(phase, {"r1": 7, "r2": 7}, {"r1": 0.0, "r2": 1.0})
+    assert not phase.unexpected and other.verdict == "collateral", phase.unexpected
+
+
 def test_a_request_that_never_reached_the_app_may_be_closed_only_while_a_worker_stops(soak):
     hup = soak.Fault(at=10.0, name="HUP", workers=(7,))
-    for end, excused in [(10.5, True), (12.1, True), (9.0, False), (14.0, False)]:
+    for flavor, end, excused in [("gthread", 10.5, True), ("gthread", 12.1, True),
+                                 ("gthread", 9.0, False), ("gthread", 14.0, False),
+                                 ("gevent", 10.5, False)]:    # only gthread closes those early
         r = soak.Result("fast", "r1", start=end, end=end, outcome="closed")
-        phase = phase_with(soak, "gthread", faults=[hup], results=[r], died={7: 12.0})
+        phase = phase_with(soak, flavor, faults=[hup], results=[r], died={7: 12.0})
         soak.judge(phase, {}, {})
-        assert (r.verdict == "collateral") == excused, end
+        assert (r.verdict == "collateral") == excused, (flavor, end)

@@ -419,6 +419,11 @@ def route(path, q):
     elif path == "/section_busy":
         with long_section(name or "busy", cap=cap, cancel=bool(q("cancel", 1))):
             busy_outside(s)
+    elif path == "/section_busy_yielding":     # CPU in 0.1 s slices, yielding between them
+        with long_section(name or "busy", cap=cap):
+            for _ in range(int(s / 0.1)):
+                busy_outside(0.1)
+                time.sleep(0)
     elif path == "/section_gil":
         with long_section(name or "gil", cap=cap):
             hold_gil(s)
