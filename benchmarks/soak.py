@@ -50,8 +50,9 @@ MIN_SLOPE_SECONDS = 60        # growth per hour only from processes sampled this
 WARM_UP_SECONDS = 20          # ... after their first samples (imports, caches, allocator)
 # A long-lived process with no swing to speak of (an arbiter, the sentinel's worker) leaks
 # if its growth per hour passes these (the 10-minute runs measure at most 5 MiB/h and no
-# fd or thread growth; one fd leaked per 30 requests on the sentinel is 36/h).
+# fd or thread growth; one fd leaked a minute is 60/h).
 SLOPE_LIMITS = {"RSS MiB": 32, "open fds": 24, "threads": 24}
+SLOPE_RISE = {"RSS MiB": 4, "open fds": 2, "threads": 2}   # ... and its thirds rose this much
 WATCH_EVERY = 0.1             # how often the soak looks for workers that died
 SEED = 1234
 
@@ -89,12 +90,15 @@ class Phase:
     inflight: dict = field(default_factory=dict)     # rid -> kind
     booted: list = field(default_factory=list)
     alive_at_end: set = field(default_factory=set)
+    sentinel: set = field(default_factory=set)       # the sentinel server's workers
     born: dict = field(default_factory=dict)         # pid -> when first seen alive
     died: dict = field(default_factory=dict)         # pid -> when first seen gone
     deaths: dict = field(default_factory=dict)       # pid -> [(at, why)]
     how: dict = field(default_factory=dict)          # pid -> how it ended (``how_it_ended``)
     stopping: dict = field(default_factory=dict)     # pid -> when the graceful stop that
                                                      # ended it began (a fault, a retirement)
+    held_gil: dict = field(default_factory=dict)     # pid -> seconds C code held the GIL in
+                                                     # it between its stop and its death
     unexpected: list = field(default_factory=list)   # (what went wrong, worker pid or None)
     log: str = ""
     started: float = 0.0
@@ -212,9 +216,9 @@ def inject(srv, phase, name, rng, journal_path):
         sent = time.monotonic()
         try:
             os.kill(target, getattr(signal, "SIG" + name))
+            in_section = target in busy
         except ProcessLookupError:
-            pass
-        in_section = target in busy
+            target = None       # gone already: the fault aimed at nothing
     phase.faults.append(Fault(sent, name, target, workers, in_section))
 
 
@@ -316,9 +320,12 @@ def explain_deaths(phase, ran_on):
         for fault in phase.faults:
             aimed = fault.target == pid or fault.name == "HUP" and pid in fault.workers
             # (gone between two looks: it was alive at the fault, so it died at once)
+            until = fault.at if died is None else died
             if aimed and rules.fault_explains(
-                    fault.name, how, fault.at, fault.at if died is None else died,
-                    delayed=gil_held(phase, ran_on, pid, fault.at, died or fault.at)):
+                    fault.name, how, fault.at, until,
+                    delayed=gil_held(phase, ran_on, pid, fault.at, until),
+                    stuck=phase.flavor == "gthread" and ran_during(
+                        phase, ran_on, pid, rules.STUCK_IN_THREADS, fault.at, until) > 0):
                 why.append((fault.at, f"SIG{fault.name}"))
                 if why[-1][1] in GRACEFUL_FAULTS:
                     stops.append(fault.at)
@@ -331,17 +338,25 @@ def explain_deaths(phase, ran_on):
         phase.deaths[pid] = why
         if stops and died is not None:
             phase.stopping[pid] = min(stops)
+            phase.held_gil[pid] = gil_held(phase, ran_on, pid, min(stops), died)
         if not why:
             when = "" if died is None else f" {died - phase.started:.1f} s into the phase"
+            ran = "; ".join(f"{r.kind} {r.rid} {r.outcome} {r.began - phase.started:.1f}-"
+                            f"{r.end - phase.started:.1f} s (rule met: {r.expect})"
+                            for r in phase.results if ran_on.get(r.rid) == pid)
             phase.unexpected.append((f"worker {pid} ended ({how}){when}, and no fault or "
-                                     f"request explains it", pid))
+                                     f"request explains it; it ran: {ran or 'nothing'}", pid))
+
+
+def ran_during(phase, ran_on, pid, kinds, since, until):
+    """Seconds that requests of ``kinds`` ran in worker ``pid`` between ``since`` and ``until``."""
+    return sum(max(0.0, min(r.end, until) - max(r.began, since)) for r in phase.results
+               if r.kind in kinds and ran_on.get(r.rid) == pid)
 
 
 def gil_held(phase, ran_on, pid, since, until):
-    """Seconds that requests holding the GIL (``soak_rules.GIL_KINDS``) ran in worker
-    ``pid`` between ``since`` and ``until``."""
-    return sum(max(0.0, min(r.end, until) - max(r.began, since)) for r in phase.results
-               if r.kind in rules.GIL_KINDS and ran_on.get(r.rid) == pid)
+    """Seconds that C code held the GIL (``soak_rules.GIL_KINDS``) in worker ``pid``."""
+    return ran_during(phase, ran_on, pid, rules.GIL_KINDS, since, until)
 
 
 def ended_by(r, died):
@@ -354,12 +369,17 @@ def closes_at_death(phase, pid):
 
     An abrupt end (SIGKILL, an abort) or a request's end of it (the threaded
     worker retiring) does; a graceful stop only once its graceful timeout ran
-    out (``GRACEFUL`` after the earliest fault that stopped it).
+    out (``GRACEFUL`` after the earliest fault that stopped it), and in the
+    sync worker only if C code held the GIL meanwhile: otherwise it answers
+    its one request, a section past the graceful limit with a ``504``.  (Under
+    gevent and in the threaded worker, Gunicorn's own end of the graceful wait
+    races heartworker's cancellation at the same moment.)
     """
     if phase.how[pid] != "graceful" or any(
             why not in GRACEFUL_FAULTS for _, why in phase.deaths[pid]):
         return True
-    return phase.died[pid] - phase.stopping[pid] >= rules.GRACEFUL - WATCH_EVERY
+    return phase.died[pid] - phase.stopping[pid] >= rules.GRACEFUL - WATCH_EVERY and (
+        phase.flavor != "sync" or phase.held_gil[pid] > 0)
 
 
 def collateral(phase, r, ran_on):
@@ -376,21 +396,32 @@ def collateral(phase, r, ran_on):
     pid = ran_on.get(r.rid)
     if pid is None:
         return r.outcome == "closed" and any(
-            r.start <= died + NEAR and (
+            r.start <= died and (
                 abs(died - r.end) <= NEAR and closes_at_death(phase, worker)
                 or phase.flavor == "gthread" and worker in phase.stopping
                 and phase.stopping[worker] - NEAR <= r.end <= died + NEAR)
-            for worker, died in phase.died.items() if phase.deaths.get(worker))
+            for worker, died in same_server(phase, r.rid, phase.died.items())
+            if phase.deaths.get(worker))
     died = phase.died.get(pid)
     causes = [why for _, why in phase.deaths.get(pid, ()) if not why.endswith(r.rid)]
     if not causes or died is None:
         return False
     if r.outcome in ("closed", "truncated"):
         return abs(died - r.end) <= NEAR and closes_at_death(phase, pid)
+    stop = phase.stopping.get(pid)
+    graceful = stop is not None and stop + rules.GRACEFUL - NEAR <= r.end <= (
+        stop + rules.GRACEFUL + rules.CANCEL_WITHIN + rules.SLACK + r.blocked
+        + phase.held_gil[pid])       # the graceful limit, and the cancellation's delays
     return rules.collateral_allowed(
-        r.kind, phase.flavor, r.outcome, r.body, graceful=pid in phase.stopping,
+        r.kind, phase.flavor, r.outcome, r.body, graceful=graceful,
         aborted=phase.how[pid] in ("code 1",) + rules.ABORTED) \
         and r.end - NEAR <= died <= r.end + rules.COLLATERAL_WITHIN
+
+
+def same_server(phase, rid, pids_and_more):
+    """Keep the (pid, ...) items of workers of the server that request ``rid`` went to."""
+    sentinel = "-sentinel-" in rid
+    return [item for item in pids_and_more if (item[0] in phase.sentinel) == sentinel]
 
 
 SECOND_LOOK_WITHIN = 0.5    # from what woke the arbiter to the SIGKILL it sent, as seen
@@ -399,14 +430,17 @@ SECOND_LOOK_WITHIN = 0.5    # from what woke the arbiter to the SIGKILL it sent,
 def second_look(phase, pid):
     """Did the arbiter look again right after its SIGABRT to ``pid`` (and SIGKILL it)?
 
-    It looks at every signal it gets: another worker's exit, or one the soak
-    sent it (see ``soak_rules.aborted_by_the_arbiter``).
+    It looks at every signal it gets: another of its workers' exit, or one the
+    soak sent it (see ``soak_rules.aborted_by_the_arbiter``; not HUP, whose
+    reload waits for the old workers without looking).
     """
     died = phase.died.get(pid)
     if phase.how.get(pid) != "aborted, then SIGKILL" or died is None:
         return False
-    woke = [at for other, at in phase.died.items() if other != pid] + \
-        [f.at for f in phase.faults if f.name in ("HUP", "TTIN", "TTOU")]
+    others = [(other, at) for other, at in phase.died.items() if other != pid]
+    sentinel = pid in phase.sentinel
+    woke = [at for other, at in others if (other in phase.sentinel) == sentinel] + \
+        [f.at for f in phase.faults if f.name in ("TTIN", "TTOU") and not sentinel]
     return any(died - SECOND_LOOK_WITHIN - WATCH_EVERY <= at <= died + WATCH_EVERY
                for at in woke)
 
@@ -506,7 +540,9 @@ def leaks_of(label, samples, fd_band, thread_band, steady=False):
 
     ``steady``: a process whose counts do not swing is also judged by its
     growth per hour (``SLOPE_LIMITS``), after its warm-up, when sampled long
-    enough; its threads too unless a pool may start some (``thread_band``).
+    enough, if it was sustained: the last third's median above the first
+    third's by ``SLOPE_RISE`` (one fd or thread opened once is no leak); its
+    threads too unless a pool may start some (``thread_band``).
     """
     found = []
     settled = [s for s in samples if s[0] >= samples[0][0] + WARM_UP_SECONDS]
@@ -515,7 +551,10 @@ def leaks_of(label, samples, fd_band, thread_band, steady=False):
             if name == "threads" and thread_band > 1:
                 continue
             slope = per_hour(settled, column) / unit
-            if slope > SLOPE_LIMITS[name]:
+            values = [s[column] / unit for s in settled]
+            third = len(values) // 3
+            rise = statistics.median(values[-third:]) - statistics.median(values[:third])
+            if slope > SLOPE_LIMITS[name] and rise >= SLOPE_RISE[name]:
                 found.append(f"{label}: {name} grew {slope:+.1f} per hour over "
                              f"{settled[-1][0] - settled[0][0]:.0f} s, past "
                              f"{SLOPE_LIMITS[name]} per hour")
@@ -637,6 +676,9 @@ def run_phase(flavor, worker, workers, seconds, path, rng):
         watcher.join()
         masters = [s.proc.pid for s in servers]
         phase.alive_at_end = {pid for m in masters for pid in children(m)}
+        for pid in phase.born.keys() - phase.alive_at_end - phase.died.keys():
+            phase.died[pid] = time.monotonic()    # died after the watcher's last look
+        phase.sentinel = set(phase_booted(sentinel))
         phase.booted = phase_booted(srv) + phase_booted(sentinel)
         phase.log = srv.log() + sentinel.log()
         phase.leftovers = sum(stop_server(s, phase) for s in servers)

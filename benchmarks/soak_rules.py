@@ -29,9 +29,11 @@ closes its other connections; SIGKILL closes everything, a response half-sent
 too), but a worker that stopped gracefully closes only what was still running
 when its graceful timeout ran out.  During a graceful stop (``HUP``, ``TTOU``,
 ``TERM``) it may end in a ``504`` that says so (its section, or request, ran
-past the graceful timeout after SIGTERM), or in ``200`` if its kind may end in
-200 at all; when a gevent worker is aborted, the greenlet that happened to run
-may get a ``504`` saying that the worker was aborted (``collateral_allowed``).
+past the graceful timeout after SIGTERM), from the graceful limit on; when a
+gevent worker is aborted, the greenlet that happened to run may get a ``504``
+saying that the worker was aborted (``collateral_allowed``).  A ``200`` is
+never collateral: a stop does not make a request slower, so a ``200`` meets its
+own rule or is wrong.
 Never a ``500``, a read timeout, or another status.
 
 *Neighbours*: a request that blocks the gevent hub (Python code, a C call)
@@ -192,13 +194,18 @@ FAULT_ENDS["HUP"] = FAULT_ENDS["TTOU"] = FAULT_ENDS["TERM"]
 
 
 GIL_KINDS = ("gil", "gil_cap")   # C code holding the GIL: no Python signal handler runs
+STUCK_IN_THREADS = tuple(kind for kind, (_, _, allowed) in KINDS.items()
+                         if any(e.ends_worker == ("graceful",) for e in allowed.get("gthread", ())))
 
 
-def fault_explains(fault, how, sent_at, died_at, delayed=0.0):
+def fault_explains(fault, how, sent_at, died_at, delayed=0.0, stuck=False):
     """Does a fault sent at ``sent_at`` explain a worker's death at ``died_at``?
 
     ``delayed``: how long C code held the GIL in that worker meanwhile (its
-    SIGTERM handler, and so its graceful stop, waits for the GIL).
+    SIGTERM handler, and so its graceful stop, waits for the GIL); ``stuck``:
+    a threaded worker ran a request that no cancellation ends
+    (``STUCK_IN_THREADS``) meanwhile.  Only these keep a graceful stop past
+    --timeout, so only they let it end in an abort.
 
     ``how`` the worker ended (``soak.how_it_ended``): HUP, TTOU and TERM make
     it stop gracefully ("graceful": it exits by itself), or be aborted on the
@@ -208,7 +215,8 @@ def fault_explains(fault, how, sent_at, died_at, delayed=0.0):
     SIGKILLed if a thread it cannot end keeps it alive.  KILL leaves it killed
     by SIGKILL, whoever aborted it before.
     """
-    if how not in FAULT_ENDS[fault]:
+    if how not in FAULT_ENDS[fault] or fault != "KILL" and how != "graceful" and not (
+            delayed > 0 or stuck):
         return False
     return sent_at <= died_at <= sent_at + FAULT_KILLS_WITHIN[fault] + (
         0.0 if fault == "KILL" else delayed)
@@ -217,14 +225,12 @@ def fault_explains(fault, how, sent_at, died_at, delayed=0.0):
 def collateral_allowed(kind, flavor, outcome, body, graceful, aborted):
     """May a request of ``kind`` end in ``outcome`` because its worker died (see *Collateral*)?
 
-    ``graceful``: the death came at the end of a graceful stop (HUP, TTOU,
-    TERM, a retirement); ``aborted``: by an abort (the arbiter's, the
-    guard's).  The caller checks the timing.
+    ``graceful``: it ended while a graceful stop (HUP, TTOU, TERM, a
+    retirement) reached its graceful limit; ``aborted``: its worker was
+    aborted (the arbiter's, the guard's).  The caller checks the timing.
     """
     if outcome in ("closed", "truncated"):
         return True
-    if outcome == "200":
-        return graceful and any(e.outcome == "200" for e in KINDS[kind][2][flavor])
     if outcome == "504":
         route = path(kind).split("?")[0]
         return graceful and "ran past the graceful timeout after SIGTERM" in body and (

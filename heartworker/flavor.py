@@ -21,6 +21,11 @@ class SyncFlavor:
         return None
 
     @staticmethod
+    def running_inside(registry, frame):
+        """Is the serving thread (its current ``frame``) running code inside an open section?"""
+        return registry.inside(frame)
+
+    @staticmethod
     def stock_would_kill(guard, section, now):
         """A section past --timeout: stock's sync worker notifies between requests only."""
         return True

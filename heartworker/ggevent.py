@@ -52,6 +52,11 @@ class GeventFlavor:
         self.probe_sent = self.probe_seen = -float("inf")
 
     # -- is the hub free? (called from the guard thread) ------------------------
+    @staticmethod
+    def running_inside(registry, frame):
+        """Is the running greenlet (``frame``, the main thread's) inside an open section?"""
+        return registry.inside(frame)
+
     def loop_seen(self, now):
         seen = self.probe_seen
         if seen < self.probe_sent:

@@ -131,6 +131,18 @@ class ThreadFlavor:
             return max(beat_at, now - LOOP_EVERY)
         return None
 
+    @staticmethod
+    def running_inside(registry, frame):
+        """Is a request thread (or the main thread, ``frame``) running code inside an open
+        section?  Every request thread serves: a section's code that holds the GIL keeps
+        the main loop from notifying (for longer than ``LOOP_EVERY``), and its standing
+        vouch must still stand (found by benchmarks/soak.py)."""
+        if registry.inside(frame):
+            return True
+        frames = sys._current_frames()
+        return any(registry.inside(frames.get(owner)) for owner in list(registry.stacks)
+                   if owner is not None)
+
     def forget(self, owner):
         """The thread's request is over: what was noted about its cancellation goes."""
         self.in_server.discard(owner)

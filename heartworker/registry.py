@@ -63,7 +63,8 @@ def vouch(now, standing, inside, loop_free, alive_at):
       ``alive_at``, the moment the section ended.  (So only a GIL-holding call
       that starts within one guard tick after a section is still covered, up
       to that section's deadline.)
-    * The serving thread is running code inside an open section (``inside``):
+    * The serving thread (in the threaded worker, any request thread) is
+      running code inside an open section (``inside``):
       the *standing vouch*, ``standing``.  It is the latest deadline of the open
       sections that could be running when no Python thread can run (the
       serving thread's innermost section in the sync worker; the latest one of

@@ -128,23 +128,27 @@ def test_gunicorn_without_gevent_reports_the_missing_extra(server, tmp_path):
 
 def test_a_greenlet_running_when_the_guard_aborts_for_another_says_the_worker_was_aborted(
         gevent_server):
-    # The abort's SystemExit lands in whichever greenlet runs (here, nearly always the
-    # CPU-bound one, within its cap); its 504 named the other greenlet's section as if it
-    # were its own (found by benchmarks/soak.py).
+    # The abort's SystemExit lands in whichever greenlet runs: nearly always the CPU-bound
+    # one, within its cap (if the hub ran instead, its connection is closed, as stock: try
+    # again).  Its 504 named the other greenlet's section as if it were its own (found by
+    # benchmarks/soak.py).
     srv = gevent_server(timeout=TIMEOUT)
-    stubborn, _ = in_background(srv, "/section_stubborn?cap=1")
-    time.sleep(0.3)
-    r = None
-    try:
-        r = srv.get("/section_busy_yielding?s=8&cap=30&name=inference", timeout=30)
-    except requests.ConnectionError:
-        pass                    # the signal came while the hub ran: closed, as stock
-    stubborn.join(30)
-    assert "aborting worker" in srv.log(), srv.log()
-    if r is not None:
-        assert r.status_code == 504, (r.status_code, r.text)
-        assert r.text.startswith("Gateway Timeout: the worker was aborted: section 'stubborn' "
-                                 "is still running"), r.text
+    for _ in range(3):
+        stubborn, _ = in_background(srv, "/section_stubborn?cap=1")
+        time.sleep(0.3)
+        try:
+            r = srv.get("/section_busy_yielding?s=8&cap=30&name=inference", timeout=30)
+        except requests.ConnectionError:
+            r = None
+        stubborn.join(30)
+        assert "aborting worker" in srv.log(), srv.log()
+        if r is not None:
+            break
+        srv.wait_ready()
+    assert r is not None, "three times the hub ran when the guard aborted"
+    assert r.status_code == 504, (r.status_code, r.text)
+    assert r.text.startswith("Gateway Timeout: the worker was aborted: section 'stubborn' "
+                             "is still running"), r.text
 
 
 def test_a_greenlet_that_swallows_its_cancellation_gets_the_worker_aborted(gevent_server):

@@ -60,6 +60,8 @@ def test_a_slow_leak_of_a_steady_process_is_found_by_its_growth_per_hour(soak):
     assert not soak.leaks_of("w", swing, fd_band=2, thread_band=1, steady=True)
     warming = samples(lambda t: 10, rss=lambda t: 20000 + 4000 * min(t, 3))   # imports
     assert not soak.leaks_of("w", warming, fd_band=2, thread_band=1, steady=True)
+    once = samples(lambda t: 10 + (t >= 20))        # one fd opened once, mid-run
+    assert not soak.leaks_of("w", once, fd_band=2, thread_band=1, steady=True)
     short = samples(lambda t: 10 + t // 2, n=12)    # 60 s, warm-up included: no slope
     assert soak.leaks_of("w", short, fd_band=2, thread_band=1) == \
         soak.leaks_of("w", short, fd_band=2, thread_band=1, steady=True)
@@ -84,14 +86,20 @@ def test_a_death_is_explained_only_by_a_cause_just_before_it_of_the_right_kind(s
         soak.explain_deaths(phase, {})
         assert (not phase.unexpected) == explained, (died, log)
     hup = soak.Fault(at=10.0, name="HUP", workers=(7,))
-    for log, explained in [(sigkilled, False),     # the soak's SIGKILL, not the HUP
-                           ("", True),             # a graceful stop
-                           # the stop outlasted --timeout (Gunicorn's graceful wait does not
-                           # notify), and a thread stuck in a syscall kept the abort from ending it
-                           ("WORKER TIMEOUT (pid:7)\n" + sigkilled, True)]:
-        phase = phase_with(soak, "gthread", faults=[hup], died={7: 11.0}, log=log)
-        soak.explain_deaths(phase, {})
-        assert (not phase.unexpected) == explained, log
+    stuck = soak.Result("cap_wait", "s", start=9.5, end=11.0, outcome="closed")
+    stuck.began = 9.5
+    aborted = "WORKER TIMEOUT (pid:7)\n" + sigkilled
+    for log, running, explained in [
+            (sigkilled, [stuck], False),     # the soak's SIGKILL, not the HUP
+            ("", [], True),                  # a graceful stop
+            # the stop outlasted --timeout (Gunicorn's graceful wait does not notify), and
+            # a thread stuck in a syscall kept the abort from ending it ...
+            (aborted, [stuck], True),
+            (aborted, [], False)]:           # ... but nothing kept this one
+        phase = phase_with(soak, "gthread", faults=[hup], results=running, died={7: 11.0},
+                           log=log)
+        soak.explain_deaths(phase, {"s": 7})
+        assert (not phase.unexpected) == explained, (log, running)
 
 
 def hang(soak, end, outcome="504"):
@@ -138,15 +146,18 @@ def test_a_hang_closed_by_a_faults_sigkill_is_collateral(soak):
 def test_a_connection_closed_by_the_arbiters_sigkill_needs_its_second_look(soak):
     killed = ("WORKER TIMEOUT (pid:7)\nWORKER TIMEOUT (pid:8)\n"
               "Worker (pid:7) was sent SIGKILL!\nWorker (pid:8) exited with code 1.")
-    for other_died, explained in [(2.15, True), (0.5, False), (None, False)]:
+    for other_died, sentinel, explained in [(2.15, (), True), (0.5, (), False),
+                                            (None, (), False),
+                                            (2.15, (8,), False)]:   # another arbiter's worker
         died = {7: 2.2} if other_died is None else {7: 2.2, 8: other_died}
         other = soak.Result("hang_busy", "r2", start=0.0, end=other_died or 0, outcome="504",
                             body="Gateway Timeout: the request ran longer than --timeout (2 s)")
         phase = phase_with(soak, "sync", results=[hang(soak, 2.2, "closed"), other],
                            died=died, log=killed)
+        phase.sentinel = set(sentinel)
         soak.judge(phase, {"r1": 7, "r2": 8}, {"r1": 0.0, "r2": 0.0})
         unexpected = [why for why, _ in phase.unexpected if "second look" in why]
-        assert (not unexpected) == explained, other_died
+        assert (not unexpected) == explained, (other_died, sentinel)
 
 
 def test_collateral_needs_a_death_while_the_request_ran_and_never_excuses_a_wrong_200(soak):
@@ -186,25 +197,30 @@ def test_a_section_stopped_by_neighbours_past_its_cap_may_be_cancelled_at_it(soa
 def test_a_graceful_stop_closes_only_what_outlived_its_graceful_timeout(soak):
     hup = soak.Fault(at=10.0, name="HUP", workers=(7,))
     grace = soak.rules.GRACEFUL
-    for died, excused in [(10.5, False), (10.0 + grace + 0.3, True)]:
+    for flavor, died, excused in [("gevent", 10.5, False), ("gevent", 10.0 + grace + 0.3, True),
+                                  # the sync worker answers its one request's section (504)
+                                  ("sync", 10.0 + grace + 0.3, False)]:
         r = soak.Result("long", "r1", start=9.0, end=died, outcome="closed")
-        phase = phase_with(soak, "gevent", faults=[hup], results=[r], died={7: died})
+        phase = phase_with(soak, flavor, faults=[hup], results=[r], died={7: died})
         soak.judge(phase, {"r1": 7}, {"r1": 9.0})
-        assert (r.verdict == "collateral") == excused, died
+        assert (r.verdict == "collateral") == excused, (flavor, died)
 
 
-def test_a_504_is_collateral_only_of_a_graceful_stop_and_must_say_so(soak):
+def test_a_504_is_collateral_only_of_a_graceful_stop_at_its_limit_and_must_say_so(soak):
     graceful = "Gateway Timeout: section 'soak long' ran past the graceful timeout after SIGTERM"
-    for fault, body, excused in [("TERM", graceful, True),
-                                 ("TERM", "Gateway Timeout: the request ran longer", False),
-                                 ("TERM", graceful.replace("long", "cpu"), False),
-                                 ("KILL", graceful, False)]:
+    for fault, outcome, body, end, excused in [
+            ("TERM", "504", graceful, 12.0, True),
+            ("TERM", "504", graceful, 10.3, False),      # before the graceful limit
+            ("TERM", "504", "Gateway Timeout: the request ran longer", 12.0, False),
+            ("TERM", "504", graceful.replace("long", "cpu"), 12.0, False),
+            ("TERM", "200", "", 12.0, False),           # late: a stop never excuses that
+            ("KILL", "504", graceful, 12.0, False)]:
         log = "Worker (pid:7) was sent SIGKILL!" if fault == "KILL" else ""   # TERM: graceful
-        r = soak.Result("long", "r1", start=9.0, end=12.0, outcome="504", body=body)
+        r = soak.Result("long", "r1", start=9.0, end=end, outcome=outcome, body=body)
         phase = phase_with(soak, "sync", faults=[soak.Fault(10.0, fault, target=7)],
                            results=[r], died={7: 10.1 if fault == "KILL" else 12.1}, log=log)
         soak.judge(phase, {"r1": 7}, {"r1": 9.0})
-        assert (r.verdict == "collateral") == excused, (fault, body)
+        assert (r.verdict == "collateral") == excused, (fault, outcome, body, end)
 
 
 def test_a_gevent_abort_may_answer_the_greenlet_that_ran_saying_the_worker_was_aborted(soak):
@@ -235,10 +251,19 @@ def test_a_threaded_worker_retiring_is_a_graceful_stop_for_its_other_requests(so
 
 def test_a_request_that_never_reached_the_app_may_be_closed_only_while_a_worker_stops(soak):
     hup = soak.Fault(at=10.0, name="HUP", workers=(7,))
-    for flavor, end, excused in [("gthread", 10.5, True), ("gthread", 12.1, True),
-                                 ("gthread", 9.0, False), ("gthread", 14.0, False),
-                                 ("gevent", 10.5, False)]:    # only gthread closes those early
-        r = soak.Result("fast", "r1", start=end, end=end, outcome="closed")
+    for flavor, start, end, excused in [
+            ("gthread", 10.0, 10.5, True), ("gthread", 10.0, 12.1, True),
+            ("gthread", 9.0, 9.0, False), ("gthread", 10.0, 14.0, False),
+            ("gthread", 12.05, 12.1, False),      # sent after the worker was seen gone
+            ("gevent", 10.0, 10.5, False)]:       # only gthread closes those early
+        r = soak.Result("fast", "r1", start=start, end=end, outcome="closed")
         phase = phase_with(soak, flavor, faults=[hup], results=[r], died={7: 12.0})
         soak.judge(phase, {}, {})
-        assert (r.verdict == "collateral") == excused, (flavor, end)
+        assert (r.verdict == "collateral") == excused, (flavor, start, end)
+    for rid, excused in [("gthread-0-1", True), ("gthread-sentinel-1", False)]:
+        r = soak.Result("fast", rid, start=10.0, end=12.0, outcome="closed")   # at the death
+        phase = phase_with(soak, "gthread", faults=[hup], results=[r], died={7: 12.0},
+                           log="Worker (pid:7) was sent SIGKILL!")
+        phase.faults = [soak.Fault(at=11.9, name="KILL", target=7)]
+        soak.judge(phase, {}, {})
+        assert (r.verdict == "collateral") == excused, (flavor, start, end)

@@ -99,6 +99,19 @@ def test_a_gil_holding_call_inside_a_section_survives_and_outside_is_killed(thre
     assert killed(status) and took < TIMEOUT + 1 + MARGIN, "stock: the main loop is stuck too"
 
 
+def test_gil_holds_that_keep_the_main_loop_silent_do_not_withdraw_the_standing_vouch(threaded):
+    # Each hold keeps the main loop from notifying for longer than LOOP_EVERY; the
+    # guard, running first when the GIL comes free, took the loop for stuck and wrote
+    # its last heartbeat, already past --timeout: the arbiter killed the worker inside
+    # its section if it looked before the main loop's next notify (found by
+    # benchmarks/soak.py, on Gunicorn 25).
+    srv = threaded()
+    pid = srv.get("/pid").text
+    status, took = timed_get(srv, "/section_gil_again?n=3&s=3&cap=120")
+    assert status == 200, srv.log()
+    assert srv.get("/pid").text == pid and "WORKER TIMEOUT" not in srv.log(), srv.log()
+
+
 def test_a_request_that_reports_progress_in_a_stalled_section_is_ended(threaded):
     srv = threaded()
     status, took = timed_get(srv, "/progress?s=1&every=0.25&stall=1&cap=60&then=busy")

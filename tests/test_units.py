@@ -228,6 +228,37 @@ def test_apply_rule_pulls_back_to_the_last_sign_of_life():
     reg.exit(s)
 
 
+def test_a_request_thread_in_its_section_is_inside_although_the_main_thread_is_not():
+    # The threaded worker's guard looks at the main thread (Gunicorn's loop), which never
+    # runs a section: taken alone, a loop kept silent by a section's GIL-holding call
+    # read as "stuck outside every section", and the standing vouch was withdrawn.
+    import sys
+    from heartworker.gthread import ThreadFlavor
+    reg = Registry(RecordingHeartbeat(), serving_tid=native.get_ident(), default_cap=60.0,
+                   window=2.0, owner=ThreadFlavor.owner)
+    entered, leave = threading.Event(), threading.Event()
+
+    def request_thread():
+        request = reg.request_begins("GET /model", sys._getframe(), 2.0)
+        section = reg.enter("inference", 30.0, sys._getframe())
+        entered.set()
+        leave.wait(10)
+        reg.exit(section)
+        reg.request_done(request, lambda: None)
+
+    t = threading.Thread(target=request_thread)
+    t.start()
+    try:
+        assert entered.wait(10)
+        main = sys._getframe()
+        assert not reg.inside(main)
+        assert ThreadFlavor.running_inside(reg, main)
+    finally:
+        leave.set()
+        t.join(10)
+    assert not ThreadFlavor.running_inside(reg, sys._getframe())
+
+
 # -- long_section -----------------------------------------------------------------
 def test_long_section_is_a_noop_outside_a_worker():
     with long_section("nothing") as s:
