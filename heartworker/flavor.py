@@ -21,7 +21,7 @@ class SyncFlavor:
         return None
 
     @staticmethod
-    def running_inside(registry, frame):
+    def running_inside(registry, frame, loop_seen):
         """Is the serving thread (its current ``frame``) running code inside an open section?"""
         return registry.inside(frame)
 

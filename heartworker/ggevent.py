@@ -53,7 +53,7 @@ class GeventFlavor:
 
     # -- is the hub free? (called from the guard thread) ------------------------
     @staticmethod
-    def running_inside(registry, frame):
+    def running_inside(registry, frame, loop_seen):
         """Is the running greenlet (``frame``, the main thread's) inside an open section?"""
         return registry.inside(frame)
 

@@ -132,13 +132,19 @@ class ThreadFlavor:
         return None
 
     @staticmethod
-    def running_inside(registry, frame):
-        """Is a request thread (or the main thread, ``frame``) running code inside an open
-        section?  Every request thread serves: a section's code that holds the GIL keeps
-        the main loop from notifying (for longer than ``LOOP_EVERY``), and its standing
-        vouch must still stand (found by benchmarks/soak.py)."""
+    def running_inside(registry, frame, loop_seen):
+        """Is the main thread (``frame``), or, while the main loop is silent, a request
+        thread, running code inside an open section?
+
+        A section's code that holds the GIL keeps the main loop from notifying
+        for longer than ``LOOP_EVERY``: the loop is not stuck then, and the
+        standing vouch must stand (found by benchmarks/soak.py).  While the loop
+        is seen, its rule applies (the vouch, never less than now).
+        """
         if registry.inside(frame):
             return True
+        if loop_seen is not None or not registry.stacks:
+            return False
         frames = sys._current_frames()
         return any(registry.inside(frames.get(owner)) for owner in list(registry.stacks)
                    if owner is not None)

@@ -181,7 +181,8 @@ class Guard:
         self.overdue = [(t, s) for t, s in self.overdue if not s.closed]
         with reg.region(self.lock_wait()) as held:
             # Looked at in the region: no section can open between the look and the write.
-            reg.apply_rule(now, self.flavor.running_inside(reg, frame), self.flavor.loop_seen(now),
+            loop_seen = self.flavor.loop_seen(now)
+            reg.apply_rule(now, self.flavor.running_inside(reg, frame, loop_seen), loop_seen,
                            held)
         self.retiring_vouch(now)
         wake = now + self.tick

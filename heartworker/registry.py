@@ -63,12 +63,13 @@ def vouch(now, standing, inside, loop_free, alive_at):
       ``alive_at``, the moment the section ended.  (So only a GIL-holding call
       that starts within one guard tick after a section is still covered, up
       to that section's deadline.)
-    * The serving thread (in the threaded worker, any request thread) is
-      running code inside an open section (``inside``):
-      the *standing vouch*, ``standing``.  It is the latest deadline of the open
-      sections that could be running when no Python thread can run (the
-      serving thread's innermost section in the sync worker; the latest one of
-      all open greenlets' sections under gevent), clipped by the graceful
+    * The serving thread (in the threaded worker, while its main loop is
+      silent, any request thread) is running code inside an open section
+      (``inside``): the *standing vouch*, ``standing``.  It is the latest
+      deadline of the open sections that could be running when no Python
+      thread can run (the serving thread's innermost section in the sync
+      worker; the latest one of all open greenlets' sections under gevent, or
+      of all request threads' in the threaded worker), clipped by the graceful
       limit.  It was written ahead of time at section entry, so it holds
       even while C code keeps the GIL; it is never moved later by the guard.
       At the latest the arbiter kills at ``standing + timeout``.

@@ -427,11 +427,10 @@ def route(path, q):
     elif path == "/section_gil":
         with long_section(name or "gil", cap=cap):
             hold_gil(s)
-    elif path == "/section_gil_again":         # C calls holding the GIL, one after another
+    elif path == "/section_gil_again":         # C calls holding the GIL, back to back
         with long_section(name or "gil", cap=cap):
             for _ in range(int(q("n", 4))):
                 hold_gil(s)
-                time.sleep(0.05)
     elif path == "/section_sleep_then_gil":
         with long_section(name or "load", cap=cap):
             time.sleep(s)
