@@ -76,9 +76,10 @@ class Result:
 class Fault:
     at: float
     name: str
-    target: int = None      # the worker it is aimed at (KILL, TERM, TTOU's oldest)
+    target: int = None      # the worker it is aimed at (KILL, TERM)
     workers: tuple = ()     # the workers alive when it was sent
     in_section: bool = False   # TERM: its target was running a section
+    oldest: tuple = ()      # TTOU: the workers that may be Gunicorn's oldest (born in one look)
 
 
 @dataclass
@@ -203,9 +204,12 @@ def inject(srv, phase, name, rng, journal_path):
     workers = tuple(sorted(children(master)))
     target, in_section = None, False
     sent = time.monotonic()         # (before the signal: a death is never seen before it)
+    oldest = ()
     if name in ("HUP", "TTIN", "TTOU"):
-        if name == "TTOU" and workers:          # Gunicorn stops its oldest worker
-            target = next((p for p in phase_booted(srv) if p in workers), None)
+        if name == "TTOU" and workers:          # Gunicorn stops its oldest worker: workers
+            first = min(phase.born.get(p, sent) for p in workers)   # spawned together log
+            oldest = tuple(p for p in workers    # their boots in any order
+                           if phase.born.get(p, sent) <= first + WATCH_EVERY)
         try:
             os.kill(master, getattr(signal, "SIG" + name))
         except ProcessLookupError:
@@ -219,7 +223,7 @@ def inject(srv, phase, name, rng, journal_path):
             in_section = target in busy
         except ProcessLookupError:
             target = None       # gone already: the fault aimed at nothing
-    phase.faults.append(Fault(sent, name, target, workers, in_section))
+    phase.faults.append(Fault(sent, name, target, workers, in_section, oldest))
 
 
 def in_sections(phase, workers, journal_path, wait=3.0):
@@ -318,7 +322,8 @@ def explain_deaths(phase, ran_on):
         how = phase.how[pid] = how_it_ended(phase.log, pid)
         why, stops = [], []
         for fault in phase.faults:
-            aimed = fault.target == pid or fault.name == "HUP" and pid in fault.workers
+            aimed = fault.target == pid or pid in fault.oldest or \
+                fault.name == "HUP" and pid in fault.workers
             # (gone between two looks: it was alive at the fault, so it died at once)
             until = fault.at if died is None else died
             if aimed and rules.fault_explains(
@@ -348,10 +353,11 @@ def explain_deaths(phase, ran_on):
                                      f"request explains it; it ran: {ran or 'nothing'}", pid))
 
 
-def ran_during(phase, ran_on, pid, kinds, since, until):
-    """Seconds that requests of ``kinds`` ran in worker ``pid`` between ``since`` and ``until``."""
+def ran_during(phase, ran_on, pid, kinds, since, until, besides=None):
+    """Seconds that requests of ``kinds`` (``besides`` excepted) ran in worker ``pid``
+    between ``since`` and ``until``."""
     return sum(max(0.0, min(r.end, until) - max(r.began, since)) for r in phase.results
-               if r.kind in kinds and ran_on.get(r.rid) == pid)
+               if r.kind in kinds and r is not besides and ran_on.get(r.rid) == pid)
 
 
 def gil_held(phase, ran_on, pid, since, until):
@@ -477,9 +483,8 @@ def blocked_for(phase, r, ran_on):
     pid = ran_on.get(r.rid)
     if pid is None:
         return 0.0
-    blockers = rules.BLOCKERS[phase.flavor]
-    return sum(max(0.0, min(g.end, r.end) - max(g.began, r.began)) for g in phase.results
-               if g.kind in blockers and g is not r and ran_on.get(g.rid) == pid)
+    return ran_during(phase, ran_on, pid, rules.BLOCKERS[phase.flavor], r.began, r.end,
+                      besides=r)
 
 
 def judge(phase, ran_on, began):

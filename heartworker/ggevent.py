@@ -25,6 +25,7 @@ from greenlet import getcurrent
 from gunicorn.workers import ggevent
 
 from .answer import answer_timeout
+from .flavor import SyncFlavor
 from .section import SectionCapExceeded
 from .stacks import format_stack
 from .worker import HeartWorkerMixin
@@ -52,10 +53,8 @@ class GeventFlavor:
         self.probe_sent = self.probe_seen = -float("inf")
 
     # -- is the hub free? (called from the guard thread) ------------------------
-    @staticmethod
-    def running_inside(registry, frame, loop_seen):
-        """Is the running greenlet (``frame``, the main thread's) inside an open section?"""
-        return registry.inside(frame)
+    # (``frame``, the main thread's, is the running greenlet's: as the sync worker's)
+    running_inside = staticmethod(SyncFlavor.running_inside)
 
     def loop_seen(self, now):
         seen = self.probe_seen
