@@ -336,7 +336,7 @@ def explain_deaths(phase, ran_on):
                     stops.append(fault.at)
         for r in phase.results:
             if ran_on.get(r.rid) == pid and r.expect is not None \
-                    and how in r.expect.ends_worker and (died is None or ended_by(r, died)):
+                    and how in r.expect.ends_worker and (died is None or ended_by(phase, ran_on, r, died)):
                 why.append((r.start, f"{r.kind} request {r.rid}"))
                 if how == "graceful":     # the threaded worker retiring: at the earliest
                     stops.append(r.start + r.expect.lo)   # from its deadline + the grace
@@ -365,9 +365,15 @@ def gil_held(phase, ran_on, pid, since, until):
     return ran_during(phase, ran_on, pid, rules.GIL_KINDS, since, until)
 
 
-def ended_by(r, died):
-    """Is a death at ``died`` where request ``r``, which ends its worker, puts it?"""
-    return r.end - NEAR <= died <= r.end + rules.DIES_WITHIN
+def ended_by(phase, ran_on, r, died):
+    """Is a death at ``died`` where request ``r``, which ends its worker, puts it?
+
+    Under gevent, a neighbour blocking the hub after the answer delays the exit
+    (then the arbiter's SIGKILL) by as long as it blocked.
+    """
+    late = ran_during(phase, ran_on, ran_on.get(r.rid), rules.BLOCKERS[phase.flavor],
+                      r.end, died, besides=r)
+    return r.end - NEAR <= died <= r.end + rules.DIES_WITHIN + late
 
 
 def closes_at_death(phase, pid):
@@ -463,7 +469,7 @@ def owed_deaths(phase, ran_on):
             continue
         died = phase.died.get(pid)
         if expect.always_ends and (pid not in phase.deaths or died is not None
-                                   and not ended_by(r, died)):
+                                   and not ended_by(phase, ran_on, r, died)):
             why = ("lived on" if pid not in phase.deaths else
                    f"died {died - r.end:+.2f} s after the answer")
         elif expect.second_look and not second_look(phase, pid):
