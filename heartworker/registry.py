@@ -239,7 +239,43 @@ class Registry:
                 return None       # can never leave the lock held or `busy` set
             try:
                 self.busy = True
-                self._open(section)
+                if self.pending_limit < self.limit:
+                    self.apply_limit()
+                stacks = self.stacks
+                stack = stacks.get(owner)
+                if not stack:             # (an owner's stack is dropped when it empties)
+                    if stack is None:
+                        stack = stacks[owner] = []
+                    if self.requests and owner in self.requests:
+                        self.requests[owner].deadline = INF   # its sections' deadlines apply
+                    self._push(section)
+                elif stack[-1].deadline <= section.deadline and (
+                        frame is stack[-1].frame or self.inside_section(frame, stack[-1])):
+                    # Clipped to the enclosing deadline: that section's heap entry stands
+                    # for this one too while it is open (see innermost() and _close()).
+                    # Only a section whose code encloses this one's clips it: not one left
+                    # open in a suspended generator.  One with a stall limit keeps its own
+                    # entry.
+                    enclosing = stack[-1]
+                    section.deadline = enclosing.deadline
+                    section.bound = enclosing.bound or enclosing
+                    if stall is not None:
+                        self._push(section)
+                else:
+                    self._push(section)
+                stack.append(section)
+                key = id(frame)
+                entries = self.entry_frames
+                entries[key] = entries.get(key, 0) + 1
+                self.open += 1
+                deadline = section.deadline
+                if stall is not None:
+                    self.stalls += 1
+                if self.stalls:
+                    deadline = self._stall_bound(stack, deadline)
+                # The standing vouch: exact with one owner, the latest deadline with
+                # several (another owner's section is open, so a standing vouch exists).
+                self._stand(deadline if len(stacks) == 1 else max(deadline, self.standing))
             finally:
                 if self.deferred:
                     done = self._end()
@@ -621,52 +657,16 @@ class Registry:
                 self._write(self.limit)
 
     # -- internals (in a region) -------------------------------------------------
-    def _open(self, section):
-        if self.pending_limit < self.limit:
-            self.apply_limit()
-        stacks = self.stacks
-        owner = section.owner
-        stack = stacks.get(owner)
-        if stack is None:
-            stack = stacks[owner] = []
-            if self.requests and owner in self.requests:
-                self.requests[owner].deadline = INF   # inside a section: its deadline applies
-        if stack and stack[-1].deadline <= section.deadline \
-                and self.inside_section(section.frame, stack[-1]):
-            # Clipped to the enclosing deadline: that section's heap entry stands for
-            # this one too while it is open (see innermost() and _close()).  Only a
-            # section whose code encloses this one's clips it: not one left open in a
-            # suspended generator.  One with a stall limit keeps its own entry.
-            enclosing = stack[-1]
-            section.deadline = enclosing.deadline
-            section.bound = enclosing.bound or enclosing
-            if section.stall is not None:
-                self._push(section)
-        else:
-            self._push(section)
-        stack.append(section)
-        key = id(section.frame)
-        entries = self.entry_frames
-        entries[key] = entries.get(key, 0) + 1
-        self.open += 1
-        deadline = section.deadline
-        if section.stall is not None:
-            self.stalls += 1
-        if self.stalls:
-            deadline = self._stall_bound(stack, deadline)
-        # The standing vouch: exact with one owner, the latest deadline with several
-        # (another owner's section is open, so a standing vouch exists).
-        self._stand(deadline if len(stacks) == 1 else max(deadline, self.standing))
-
     def _close(self, section):
         if section.closed:
             return
         section.closed = True
-        stack = self.stacks.get(section.owner, ())
+        owner = section.owner
+        stack = self.stacks.get(owner)
         in_order = bool(stack) and stack[-1] is section
         if in_order:
             stack.pop()
-        else:
+        elif stack:
             for i, other in enumerate(stack):
                 if other is section:
                     del stack[i]
@@ -677,12 +677,12 @@ class Registry:
                         if not above.in_heap:
                             self._push(above)
                     break
-        if not stack and section.owner in self.stacks:
-            del self.stacks[section.owner]
+        if stack is not None and not stack:
+            del self.stacks[owner]
             if self.progressed:
-                self.progressed.pop(section.owner, None)
-            if self.requests and section.owner in self.requests:
-                request = self.requests[section.owner]   # outside sections again:
+                self.progressed.pop(owner, None)
+            if self.requests and owner in self.requests:
+                request = self.requests[owner]   # outside sections again:
                 request.deadline = monotonic() + request.cap   # --timeout from now
         key = id(section.frame)
         entries = self.entry_frames
@@ -715,7 +715,7 @@ class Registry:
             self._stand(self._standing_after(owner, stack))
 
     def _standing_after(self, owner, stack):
-        """The standing vouch once ``owner``'s ``stack`` changed: see ``_open``."""
+        """The standing vouch once ``owner``'s ``stack`` changed: see ``enter``."""
         deadline = stack[-1].deadline
         if self.stalls:
             deadline = self._stall_bound(stack, deadline)
@@ -742,7 +742,8 @@ class Registry:
         Anything in ``[standing - window, standing]`` keeps the worker alive to
         the deadline and dead by deadline + window, so most entries need no syscall.
         """
-        standing = min(standing, self.limit)
+        if standing > self.limit:
+            standing = self.limit
         self.standing = standing
         written = self.written
         if written is None or not (standing - self.window <= written <= standing):

@@ -13,6 +13,7 @@ import sys
 
 from .settings import check_cap, check_stall
 
+_getframe = sys._getframe
 _active = None   # the worker process's Registry, set by the worker once it serves
 _OUTSIDE = object()   # the "open section" of a long_section entered where nothing vouches
 # Frames between the code that runs a with-body and long_section.__enter__: see anchor().
@@ -54,6 +55,9 @@ def anchor(frame):
     Skipping is safe: the caller of a helper is on the stack for as long as
     the helper is, so a section never covers less than its own code, and
     every vouch is still bounded by the section's deadline.
+
+    ``long_section.__enter__`` makes this loop's first tests inline (the
+    usual caller is its own anchor): keep the two in step.
     """
     while True:
         code = frame.f_code
@@ -111,12 +115,12 @@ class long_section:
     __slots__ = ("name", "cap", "stall", "cancel", "_open")
 
     def __init__(self, name=None, *, cap=None, stall=None, cancel=True):
-        if name is not None and not isinstance(name, str):
+        if type(name) is not str and name is not None and not isinstance(name, str):
             raise TypeError(f"long_section name must be a str, not {type(name).__name__}")
         self.name = name
         self.cap = cap if cap is None else check_cap(cap)
         self.stall = stall if stall is None else check_stall(stall, self.cap)
-        self.cancel = bool(cancel)
+        self.cancel = cancel is True or bool(cancel)
         self._open = None
 
     def __enter__(self):
@@ -126,9 +130,12 @@ class long_section:
         if registry is None:
             self._open = _OUTSIDE
         else:
-            caller = sys._getframe(1)
-            self._open = registry.enter(self.name, self.cap, anchor(caller),
-                                        cancel=self.cancel, stall=self.stall) or _OUTSIDE
+            caller = _getframe(1)
+            code = caller.f_code       # (anchor()'s first test, inline: usually the caller)
+            where = anchor(caller) if code.co_flags & _GENERATOR or code.co_name == "__enter__" \
+                or code is _ENTER_CONTEXT else caller
+            self._open = registry.enter(self.name, self.cap, where, None, self.cancel,
+                                        self.stall) or _OUTSIDE
             if registry.cancel_waits:     # it came during the update: raise it here,
                 try:                      # before the `with` body (which will not run)
                     registry.land(caller)

@@ -93,6 +93,9 @@ def check_cap(cap, what="cap"):
     """Validate a ``cap`` given in code (``long_section(cap=...)``); None means the default."""
     if cap is None:
         return None
+    kind = type(cap)
+    if (kind is float or kind is int) and 0 < cap <= MAX_SECONDS:
+        return float(cap)         # the usual case, fast: it is checked on every `with`
     if isinstance(cap, bool) or not isinstance(cap, (int, float)):
         raise TypeError(f"{what} must be a number of seconds, not {type(cap).__name__}")
     if not in_range(cap):            # exact for huge ints too
