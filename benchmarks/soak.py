@@ -385,7 +385,7 @@ def closes_at_death(phase, pid):
     sync worker only if C code held the GIL meanwhile: otherwise it answers
     its one request, a section past the graceful limit with a ``504``.  (Under
     gevent and in the threaded worker, Gunicorn's own end of the graceful wait
-    races heartworker's cancellation at the same moment.)
+    closes what still runs then, a request outside sections.)
     """
     if phase.how[pid] != "graceful" or any(
             why not in GRACEFUL_FAULTS for _, why in phase.deaths[pid]):

@@ -14,6 +14,8 @@ arbiter) is shared by all its workers.  It holds:
   A dump that is still there when its worker is gone was written by a worker
   that never ran Python again: the next worker to boot logs it through
   Gunicorn's logger (:meth:`Aftermath.collect`) and removes it.
+* ``<pid>.startup``: there while the worker starts, so that the dump of a
+  worker killed then is logged as a startup past its deadline.
 * ``startups-past-cap``: how many startups in a row ran past their cap, so
   that a startup cap that is too small for the app is named and counted
   instead of silently restarting forever.
@@ -53,6 +55,13 @@ def _alive(pid):
     return True
 
 
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def ordinal(n):
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
@@ -68,29 +77,69 @@ class Aftermath:
         self.file = None
 
     # -- stacks ------------------------------------------------------------------
-    def collect(self):
-        """Log (then remove) the dumps of workers that died without running Python again."""
-        for name in sorted(os.listdir(self.path)):
+    def collect(self, startup_note=None):
+        """Log (then remove) the dumps of workers that died without running Python again.
+
+        A worker that died so during its startup (its ``<pid>.startup`` file is
+        still there) was killed past its startup's deadline: that is logged at
+        CRITICAL with ``startup_note()`` (the setting, and the count of startups
+        in a row past their cap), as the guard logs a startup it ends itself.
+        """
+        names = set(os.listdir(self.path))
+        for name in sorted(names):
             stem, dot, ext = name.partition(".")
-            if ext != "stacks" or not stem.isdigit():
+            if ext not in ("stacks", "startup") or not stem.isdigit():
                 continue
             pid = int(stem)
-            if pid != self.pid and _alive(pid):
+            if pid == self.pid and ext == "startup" or pid != self.pid and _alive(pid):
                 continue
             full = os.path.join(self.path, name)
-            try:
-                with open(full, errors="replace") as f:
-                    dump = f.read().strip()
-                os.unlink(full)
-            except OSError:
+            if ext == "startup":
+                if f"{stem}.stacks" not in names:
+                    _unlink(full)      # (its dump, if any, is dealt with below)
                 continue
-            # Keep the stacks; drop faulthandler's alarming header and its module list.
-            dump = "\n".join(line for line in dump.splitlines()
-                              if not line.startswith(("Fatal Python error", "Extension modules")))
-            if dump.strip():
+            fatal, dump = self._take(full)
+            _unlink(full)
+            in_startup = pid != self.pid and f"{stem}.startup" in names
+            if in_startup:
+                _unlink(os.path.join(self.path, f"{stem}.startup"))
+            if not dump:
+                continue
+            if "Aborted" not in fatal:     # a crash in C code: SIGSEGV, SIGBUS, SIGFPE, SIGILL
+                self.log.error("heartworker: worker (pid %s) crashed (%s); its stacks then "
+                               "(most recent call first):\n%s", pid, fatal, dump)
+            elif in_startup and startup_note is not None:
+                self.log.critical("heartworker: worker (pid %s) was killed during its startup, "
+                                  "past its deadline, while no Python code could run (C code "
+                                  "held the GIL)%s. Its stacks when it got SIGABRT (most "
+                                  "recent call first):\n%s", pid, startup_note(), dump)
+            else:
                 self.log.error("heartworker: worker (pid %s) was killed while no Python code "
                                "could run (C code held the GIL); its stacks when it got "
                                "SIGABRT (most recent call first):\n%s", pid, dump)
+
+    def log_now(self, message):
+        """Log this worker's own dump now (Python runs its abort, but no traceback will
+        show where it was: its startup, the threaded worker's request threads)."""
+        if self.file is None:
+            return
+        _, dump = self._take(self.file.name)
+        if dump:
+            self.log.error("%s (most recent call first):\n%s", message, dump)
+
+    @staticmethod
+    def _take(path):
+        """(faulthandler's "Fatal Python error" line, the dump's stacks without it and the
+        module list), and the file is emptied (the next fatal signal writes it again)."""
+        try:
+            with open(path, "r+", errors="replace") as f:
+                lines = f.read().strip().splitlines()
+                f.truncate(0)
+        except OSError:
+            return "", ""
+        fatal = next((line for line in lines if line.startswith("Fatal Python error")), "")
+        return fatal, "\n".join(line for line in lines if not line.startswith(
+            ("Fatal Python error", "Extension modules"))).strip()
 
     def enable_dump(self):
         """Point faulthandler at this worker's file (after Gunicorn installed its handlers)."""
@@ -117,10 +166,7 @@ class Aftermath:
 
     def remove_dump(self, pid):
         if os.getpid() == pid:
-            try:
-                os.unlink(self.file.name)
-            except OSError:
-                pass
+            _unlink(self.file.name)
 
     # -- startups past their cap ---------------------------------------------------
     def startup_failed(self):
@@ -129,7 +175,15 @@ class Aftermath:
         self._write_failures(n)
         return n
 
+    def startup_began(self):
+        """Mark this worker as starting (the next worker reads it if this one is killed)."""
+        try:
+            open(os.path.join(self.path, f"{self.pid}.startup"), "w").close()
+        except OSError:
+            pass
+
     def startup_done(self):
+        _unlink(os.path.join(self.path, f"{self.pid}.startup"))
         if self._read_failures():
             self._write_failures(0)
 

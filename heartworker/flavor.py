@@ -41,6 +41,11 @@ class SyncFlavor:
     def frame_of(self, section):
         return section.frame
 
+    @staticmethod
+    def frames_at_abort():
+        """Where sections' code runs when the arbiter's abort comes: None, the signal's frame."""
+        return None
+
     def waiting_frame(self, section):
         """One thread: a section that is not running on it is not running at all."""
         return None

@@ -102,11 +102,14 @@ class GeventFlavor:
         """Where a section's greenlet waits (None if it is dead or not started)."""
         return getattr(section.owner, "gr_frame", None)
 
+    frames_at_abort = staticmethod(SyncFlavor.frames_at_abort)   # (the greenlet that blocked the hub)
+
 
 class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
     """``gunicorn -k heartworker.GeventWorker``."""
 
     main_greenlet = None
+    logs_abort_stack = True      # (handle_abort below)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

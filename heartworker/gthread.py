@@ -231,6 +231,11 @@ class ThreadFlavor:
 
     waiting_frame = frame_of
 
+    @staticmethod
+    def frames_at_abort():
+        """The arbiter's abort lands in the main thread: sections run on the request threads."""
+        return sys._current_frames()
+
 
 class ThreadWorker(HeartWorkerMixin, gthread.ThreadWorker):
     """``gunicorn -k heartworker.ThreadWorker --threads N``."""

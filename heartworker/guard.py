@@ -38,7 +38,7 @@ from time import monotonic
 from . import native
 from .registry import INF, LOCK_WAIT, Request
 from .report import last_progress
-from .settings import STARTUP_CAP, STARTUP_STALL
+from .settings import CANCEL_GRACE, STARTUP_CAP, STARTUP_STALL
 from .stacks import format_stack
 
 ABORT_GRACE = 1.0
@@ -49,8 +49,8 @@ LONGEST_WAIT = 3600.0
 
 
 class Guard:
-    def __init__(self, registry, flavor, *, tick, ppid, log, grace=1.0, aftermath=None,
-                 watch=None, graceful=30.0):
+    def __init__(self, registry, flavor, *, tick, ppid, log, grace=1.0, grace_name=CANCEL_GRACE,
+                 aftermath=None, watch=None, graceful=30.0):
         self.registry = registry
         self.flavor = flavor
         self.tick = tick
@@ -61,6 +61,7 @@ class Guard:
         self.startup = None        # the startup section, while it is open
         self.startup_note = None   # (setting, value) -> what a startup past it adds to the log
         self.grace = grace         # from a cancellation to the abort (HEARTWORKER_CANCEL_GRACE)
+        self.grace_name = grace_name   # how the log names it (settings.setting_name)
         self.graceful = graceful   # --graceful-timeout
         self.overdue = []          # [(escalate_at, Section)] being cancelled
         self.abort_cause = None    # what the worker's 504 says when the guard aborts
@@ -91,8 +92,10 @@ class Guard:
         try:
             # Signals are for the serving thread: keep the process's signals off this one.
             signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-            while not self.aborting:
+            while True:
                 self.sleep(self.registry.next_wake - monotonic())
+                if self.aborting or not self.registry.enabled:
+                    return      # aborted (by the arbiter too: registry.aborting): nothing to guard
                 self.step(monotonic())
         except BaseException:
             self.fail()
@@ -293,11 +296,32 @@ class Guard:
                 f"{elapsed:.2f} s elapsed, cap {section.cap:g} s{note}")
 
     def overdue_message(self, section, cancelled_at, now):
+        bound = section.bound
+        deadline = "" if bound is None else (f"; the deadline of its enclosing section "
+                                             f"{bound.describe()}, cap {bound.cap:g} s")
         return (f"heartworker: {section.label()} is still running "
                 f"{now - cancelled_at:.2f} s after its deadline "
-                f"({now - section.started:.2f} s elapsed, cap {section.cap:g} s) "
+                f"({now - section.started:.2f} s elapsed, cap {section.cap:g} s{deadline}) "
                 f"although it was cancelled: the cancellation did not take "
-                f"(HEARTWORKER_CANCEL_GRACE={self.grace:g})")
+                f"({self.grace_name}={self.grace:g})")
+
+    def arbiter_cause(self, section, now):
+        """Why the arbiter's abort ended ``section``, found past its deadline (the 504's cause).
+
+        The guard acts at every deadline, so the arbiter finds a section past it
+        only if no Python code could run (C code held the GIL), or if a section
+        that was cancelled ran on, keeping the serving loop from notifying,
+        for ``--timeout`` before the grace was over (a grace longer than that).
+        """
+        if section.why is None:
+            message = self.deadline_message(section, section.bound or section, now)
+            return message.replace("heartworker: ", "", 1) + " while C code held the GIL"
+        late = now - self.registry.deadline_of(section)
+        why = (f"before {self.grace_name}={self.grace:g} was over"
+               if self.grace > self.registry.window else "(C code held the GIL)")
+        return (f"{section.why}; it was cancelled, but was still running {late:.2f} s later: "
+                f"the cancellation did not take, and the arbiter's --timeout "
+                f"({self.registry.window:g} s) ended the worker {why}")
 
     def cancel(self, section, message, frame, running):
         """Log, then have SectionCapExceeded raised in the section's code; the worker lives."""

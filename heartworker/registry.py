@@ -603,12 +603,18 @@ class Registry:
             frame = frame.f_back
         return False
 
-    def past_deadline(self, frame, now):
-        """The innermost open section whose code ``frame``'s stack runs and whose deadline
-        has passed, or None: what the arbiter's abort ended, if C code held the GIL."""
-        for stack in list(self.stacks.values()):
+    def past_deadline(self, frame, now, threads=None):
+        """The innermost open section whose code runs and whose deadline has passed, or
+        None: what the arbiter's abort ended, if C code held the GIL.
+
+        Its code runs on ``frame``'s stack (the frame the abort's signal found),
+        or, where owners are threads (the threaded worker), on its owner's stack
+        in ``threads`` ({thread ident: its current frame}).
+        """
+        for owner, stack in list(self.stacks.items()):
+            where = frame if threads is None else threads.get(owner)
             for section in reversed(list(stack)):
-                if self.deadline_of(section) <= now and self.inside_section(frame, section):
+                if self.deadline_of(section) <= now and self.inside_section(where, section):
                     return section
         return None
 

@@ -80,6 +80,18 @@ def from_gunicorn(cfg):
     return given
 
 
+def setting_name(variable, given=()):
+    """How a log line names a setting: the way it was given.
+
+    ``--startup-cap`` if the ``heartworker`` launcher got it as a Gunicorn
+    setting (``given``: see :func:`from_gunicorn`), else the environment variable.
+    """
+    if variable in given:
+        name = next(k for k, v in GUNICORN_NAMES.items() if v == variable)
+        return "--" + name.replace("_", "-")
+    return variable
+
+
 def check_stall(stall, cap):
     """Validate a ``stall`` given in code: None, or seconds > 0 and at most ``cap`` if given."""
     stall = check_cap(stall, "stall")

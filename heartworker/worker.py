@@ -32,9 +32,21 @@ from .heartbeat import Heartbeat, check_protocol
 from .registry import Registry
 from .report import Watch, duration
 from .section import SectionCapExceeded, activate
-from .settings import STARTUP_STALL, SettingError, Settings, from_gunicorn
+from .settings import (CANCEL_GRACE, STARTUP_CAP, STARTUP_STALL, SettingError, Settings,
+                       from_gunicorn, setting_name)
 
 ANSWER_TIME = 1.0   # seconds an aborting worker has to answer before the arbiter's SIGKILL
+GRACEFUL_ANSWER = 0.25   # at most: sections end this much before --graceful-timeout runs out
+
+
+def graceful_limit(graceful_timeout):
+    """Seconds from SIGTERM to the end of every section (the graceful stop's limit).
+
+    A little less than ``--graceful-timeout``: when the arbiter stops, it starts
+    that clock just before it sends SIGTERM and SIGKILLs its workers the moment
+    it runs out, so a section cancelled at exactly that time would lose its 504.
+    """
+    return graceful_timeout - min(GRACEFUL_ANSWER, graceful_timeout / 4.0)
 
 
 def guard_tick(timeout):
@@ -57,6 +69,7 @@ class HeartWorkerMixin:
         self.heart_tried = False
         self.abort_cause = None   # why the worker is being aborted, for the 504
         self.heart_settings = None
+        self.heart_given = {}     # the settings given to the launcher (named so in the log)
         self.heart_problem = check_protocol(self.tmp)
         try:
             self.aftermath_dir = shared_dir(self.cfg.worker_tmp_dir)
@@ -64,7 +77,8 @@ class HeartWorkerMixin:
             self.aftermath_dir = None
             self.log.warning("heartworker: no directory for stack dumps (%s)", exc)
         try:
-            self.heart_settings = Settings.load(self.cfg.env, given=from_gunicorn(self.cfg))
+            self.heart_given = from_gunicorn(self.cfg)
+            self.heart_settings = Settings.load(self.cfg.env, given=self.heart_given)
         except SettingError:
             return  # init_process refuses to boot, naming the setting
         startup_cap = self.heart_settings.startup_cap
@@ -92,7 +106,8 @@ class HeartWorkerMixin:
 
     def init_process(self):
         try:
-            self.heart_settings = Settings.load(self.cfg.env, given=from_gunicorn(self.cfg))
+            self.heart_given = from_gunicorn(self.cfg)
+            self.heart_settings = Settings.load(self.cfg.env, given=self.heart_given)
         except SettingError as exc:
             self.log.error("heartworker: invalid setting: %s. The worker refuses to boot.", exc)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
@@ -102,7 +117,9 @@ class HeartWorkerMixin:
         super().init_signals()
         signal.signal(CANCEL_SIGNAL, self.handle_cancel)
         if self.aftermath is not None:
-            self.aftermath.collect()        # stacks left by a worker killed with the GIL held
+            # stacks left by a worker killed with the GIL held (in its startup: a failed one)
+            self.aftermath.collect(lambda: self.startup_note(
+                STARTUP_CAP, self.heart_settings.startup_cap))
             self.aftermath.enable_dump()    # after Gunicorn's SIGABRT handler: chained to it
 
     def load_wsgi(self):
@@ -132,13 +149,22 @@ class HeartWorkerMixin:
         settings = self.heart_settings
         if self.aftermath_dir is not None:
             self.aftermath = Aftermath(self.aftermath_dir, self.log)
+            self.aftermath.startup_began()
+        grace_name = setting_name(CANCEL_GRACE, self.heart_given)
+        if self.cfg.timeout and settings.cancel_grace > self.cfg.timeout:
+            self.log.warning("heartworker: %s=%g is longer than --timeout (%g s): a "
+                             "cancelled section that keeps the serving loop from notifying "
+                             "(the sync worker, a greenlet that blocks gevent's hub) is ended "
+                             "by the arbiter --timeout after its deadline, before that grace",
+                             grace_name, settings.cancel_grace, self.cfg.timeout)
         flavor = SyncFlavor()        # until load_wsgi: the serving thread owns every section
         registry = Registry(Heartbeat(self.tmp), serving_tid=native.get_ident(),
                             default_cap=settings.section_cap, window=self.cfg.timeout,
                             owner=flavor.owner)
         registry.land = self.land_cancellation
         guard = Guard(registry, flavor, tick=guard_tick(self.cfg.timeout), ppid=self.ppid,
-                      log=self.log, grace=settings.cancel_grace, aftermath=self.aftermath,
+                      log=self.log, grace=settings.cancel_grace, grace_name=grace_name,
+                      aftermath=self.aftermath,
                       graceful=self.cfg.graceful_timeout)
         guard.watch = Watch(registry, self.log, every=settings.report_every,
                             window=self.cfg.timeout, count=guard.count)
@@ -158,7 +184,7 @@ class HeartWorkerMixin:
             advice, past = "between two progress reports", "without progress past its limit"
         else:
             advice, past = "to start", "past its cap"
-        return (f" ({setting}={value:g}: raise it if the app legitimately takes longer "
+        return (f" ({setting_name(setting, self.heart_given)}={value:g}: raise it if the app legitimately takes longer "
                 f"{advice}); the {ordinal(n)} startup in a row {past}")
 
     def run(self):
@@ -185,23 +211,36 @@ class HeartWorkerMixin:
         super().handle_exit(sig, frame)
         if self.heart is not None:
             # Graceful stop: no section is vouched for past graceful_timeout from now.
-            self.heart.set_limit(monotonic() + self.cfg.graceful_timeout)
+            self.heart.set_limit(monotonic() + graceful_limit(self.cfg.graceful_timeout))
+
+    # Does the worker's own handle_abort log the stack the abort's signal found? (gevent's)
+    logs_abort_stack = False
 
     def handle_abort(self, sig, frame):
-        # Python runs the abort, so Gunicorn logs a readable traceback: the raw dump
-        # faulthandler just wrote would print the same stacks a second time.
-        if self.aftermath is not None:
-            self.aftermath.discard()
         guard = self.guard
         now = monotonic()
+        threads = self.flavor.frames_at_abort() if self.flavor is not None else None
         if guard is not None and guard.aborting:
             self.abort_cause = guard.abort_cause
         else:                       # the arbiter's: a section past its deadline means the GIL was held
-            late = self.heart.past_deadline(frame, now) if self.heart is not None else None
-            self.abort_cause = (
-                f"the request ran longer than --timeout ({self.cfg.timeout:g} s)" if late is None
-                else f"{late.label()} ran past its deadline ({now - late.started:.2f} s "
-                     f"elapsed, cap {late.cap:g} s) while C code held the GIL")
+            late = self.heart.past_deadline(frame, now, threads) if self.heart else None
+            if late is not None:
+                self.abort_cause = guard.arbiter_cause(late, now)
+            elif threads is None:
+                self.abort_cause = f"the request ran longer than --timeout ({self.cfg.timeout:g} s)"
+            else:           # the threaded worker's loop notifies whatever its threads do
+                self.abort_cause = (f"Gunicorn's main loop did not notify within --timeout "
+                                    f"({self.cfg.timeout:g} s)")
+        if self.aftermath is not None:
+            if self.logs_abort_stack or self.startup is None and threads is None:
+                # Python runs the abort in the request's code, so a readable traceback
+                # is logged (answer.py): the raw dump faulthandler just wrote would
+                # print the same stacks a second time.
+                self.aftermath.discard()
+            else:       # no traceback would show them: the startup's, the request threads'
+                self.aftermath.log_now(f"heartworker: worker (pid {os.getpid()}) aborted by "
+                                       f"the arbiter: {self.abort_cause}. Its stacks when it "
+                                       f"got SIGABRT")
         if self.heart is not None and self.cfg.timeout:
             # The arbiter sends SIGKILL at its next look if the heartbeat is still
             # stale, and it looks again at every signal it gets (a worker's exit):
@@ -220,7 +259,9 @@ class HeartWorkerMixin:
 
         Only inside it, never in heartworker's own bookkeeping, and never while
         a cancellation is being handled here (a ``finally`` or ``except`` block
-        as one unwinds): the guard sends the signal again while it runs on.  A
+        as one unwinds), nor once the worker is being aborted (a cancellation
+        must not replace the abort's SystemExit): the guard sends the signal
+        again while it runs on.  A
         signal that finds the thread in the bookkeeping is not lost: it is
         landed where the bookkeeping returns to the section's code
         (``long_section.__enter__``/``__exit__``, ``progress``), so that code
@@ -228,6 +269,8 @@ class HeartWorkerMixin:
         as surely as any other.
         """
         reg = self.heart
+        if self.abort_cause is not None:
+            return                  # the worker is being aborted: its SystemExit must unwind
         if not reg.interruptible(frame):
             reg.cancel_waits = True
             return

@@ -30,6 +30,19 @@ def each_worker(request, server):
     return lambda **kw: server(worker=request.param, **kw)
 
 
+@pytest.fixture(params=WORKERS + ["heartworker.ThreadWorker"])
+def every_worker(request, server):
+    """Factory like ``each_worker``, the threaded worker too (with ``--threads 4``)."""
+    if "Gevent" in request.param:
+        pytest.importorskip("gevent")
+
+    def start(**kw):
+        if "Thread" in request.param:
+            kw["args"] = ["--threads", "4", *kw.get("args", ())]
+        return server(worker=request.param, **kw)
+    return start
+
+
 @pytest.fixture
 def start(each_worker):
     """Factory: ``each_worker`` with ``--timeout 2`` (modules may define their own)."""

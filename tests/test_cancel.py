@@ -6,12 +6,13 @@ app) serves on.  A section still running HEARTWORKER_CANCEL_GRACE seconds
 later, or one opened with cancel=False, gets the worker aborted as before.
 """
 
+import os
 import signal
 import socket
 import threading
+import time
 
 import pytest
-import requests
 
 from tests.timing import StatsdListener, killed, timed_get, wait_dead
 
@@ -25,6 +26,37 @@ def assert_504(r, *words):
     assert r.headers["Content-Type"].startswith("text/plain")
     for word in words:
         assert word in r.text, r.text
+
+
+def raw_get(srv, path, timeout=30):
+    """GET over a raw socket; return every byte the server sent until it closed the connection.
+
+    Fails if the server has not closed it within ``timeout`` seconds (of silence).
+    """
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                raise AssertionError(f"GET {path}: not closed after {timeout} s; got {data!r}")
+            if not chunk:
+                return data
+            data += chunk
+
+
+def assert_truncated_stream(data):
+    """``data`` (from raw_get) is a 200 whose chunked body was cut off after its first chunk.
+
+    One status line only: no 504 written into the started response.
+    """
+    assert data.count(b"HTTP/1.1 ") == 1 and data.startswith(b"HTTP/1.1 200 "), data
+    assert b"504" not in data and b"Gateway Timeout" not in data, data
+    head, sep, body = data.partition(b"\r\n\r\n")
+    assert sep and b"transfer-encoding: chunked" in head.lower(), data
+    assert body.lower().startswith(b"c\r\nfirst chunk\n\r\n"), data   # the app's first chunk
+    assert not body.endswith(b"0\r\n\r\n"), f"the chunked body was terminated: {data!r}"
 
 
 @pytest.mark.parametrize("path,name", [
@@ -105,6 +137,63 @@ def test_a_section_that_swallows_its_cancellation_is_aborted_after_the_grace(sta
     assert wait_dead(int(pid), 5), "the aborted worker is gone (replaced)"
 
 
+def test_the_504_of_a_cancellation_that_did_not_take_says_so(start):
+    srv = start(env={"HEARTWORKER_CANCEL_GRACE": "1"})
+    pid = srv.get("/pid").text
+    began = time.monotonic()
+    r = srv.get("/section_stubborn?cap=2")
+    took = time.monotonic() - began
+    assert_504(r, "section 'stubborn' is still running", "after its deadline",
+               "the cancellation did not take (HEARTWORKER_CANCEL_GRACE=1)")
+    assert 3 <= took < 3 + MARGIN, (took, srv.log())
+    assert "aborting worker" in srv.log()
+    srv.wait_ready()
+    assert wait_dead(int(pid), 5), "the aborted worker is gone (replaced)"
+
+
+def test_a_section_past_its_enclosing_sections_deadline_is_cancelled_and_the_worker_lives(start):
+    srv = start()
+    pid = srv.get("/pid").text
+    began = time.monotonic()
+    r = srv.get("/nested?s=0.2&outer=2&inner=60&inner_s=60")
+    took = time.monotonic() - began
+    assert_504(r, "section 'inner' ran past the deadline of its enclosing section 'outer' "
+                  "(cap 2 s)", "cap 60 s")
+    assert 2 <= took < 2 + MARGIN, took
+    assert srv.get("/pid").text == pid, "the same worker serves on"
+    log = srv.log()
+    assert "cancelling the section" in log and "aborting worker" not in log
+
+
+@pytest.mark.parametrize("stopped", ["worker", "arbiter"])
+def test_a_section_past_the_graceful_timeout_after_sigterm_is_answered_504(start, stopped):
+    # The worker's SIGTERM, as the arbiter sends it at a HUP or TTOU; or the arbiter's
+    # own stop, which SIGKILLs its workers the moment --graceful-timeout runs out: the
+    # 504 must be written before (it raced that SIGKILL, and lost half the time).
+    srv = start(args=["--graceful-timeout", "1"])
+    pid = int(srv.get("/pid").text)
+    result = {}
+
+    def ask():
+        try:
+            result["r"] = srv.get("/section_hang?cap=60&name=long")
+        finally:
+            result["at"] = time.monotonic()
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    time.sleep(1)                               # inside its section, far from its cap
+    terminated = time.monotonic()
+    os.kill(pid if stopped == "worker" else srv.proc.pid, signal.SIGTERM)
+    asker.join(1 + MARGIN + 5)
+    assert "r" in result, (result, srv.log())
+    assert_504(result["r"], "section 'long' ran past the graceful timeout after SIGTERM",
+               "cap 60 s")
+    assert 0.5 <= result["at"] - terminated < 1 + MARGIN, result["at"] - terminated
+    assert wait_dead(pid, 5), "the worker stopped, as SIGTERM asked"
+    assert "aborting worker" not in srv.log()
+
+
 def test_cancel_false_aborts_the_worker_at_the_cap(start):
     srv = start()
     pid = srv.get("/pid").text
@@ -160,13 +249,9 @@ def test_the_504_at_timeout_is_answered_while_the_arbiter_looks_again_at_once(st
 def test_a_cancelled_streaming_response_is_truncated_without_a_second_status_line(start):
     srv = start()
     pid = srv.get("/pid").text
-    with requests.get(srv.url("/stream_section?cap=2"), stream=True, timeout=30) as r:
-        assert r.status_code == 200
-        with pytest.raises(requests.exceptions.ChunkedEncodingError):
-            body = b"".join(r.iter_content(None))
-            assert b"504" not in body
-    assert srv.wait_for_log("section 'streaming' ran past its cap")
-    assert srv.get("/pid").text == pid
+    assert_truncated_stream(raw_get(srv, "/stream_section?cap=2", timeout=30))
+    assert srv.wait_for_log("section 'streaming' ran past its cap"), srv.log()
+    assert srv.get("/pid").text == pid, "the worker serves on"
 
 
 def test_a_gil_held_section_past_its_cap_still_ends_by_the_arbiter(each_worker):
@@ -196,22 +281,6 @@ def test_an_invalid_cancel_grace_refuses_to_boot(start, value):
     srv = start(ready=False, env={"HEARTWORKER_CANCEL_GRACE": value})
     assert srv.proc.wait(20) != 0
     assert f"invalid setting: HEARTWORKER_CANCEL_GRACE={value!r}" in srv.log()
-
-
-def raw_get(srv, path, timeout=15):
-    """GET over a raw socket; return everything the server sent until it closed."""
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        data = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except socket.timeout:
-                break
-            if not chunk:
-                break
-            data += chunk
-    return data
 
 
 def test_no_504_after_a_complete_response(server, tmp_path):

@@ -77,6 +77,24 @@ def test_a_section_past_its_cap_is_cancelled_and_named(threaded):
     assert "busy_outside" in log
 
 
+def test_a_nested_section_past_its_enclosing_deadline_names_both(threaded):
+    srv = threaded()
+    pid = srv.get("/pid").text
+    r = srv.get("/nested_busy?outer=1&inner=60&inner_s=60")
+    assert r.status_code == 504, r.text
+    assert "section 'inner' ran past the deadline of its enclosing section 'outer' (cap 1 s)" \
+        in r.text and "cap 60 s" in r.text, r.text
+    assert srv.get("/pid").text == pid
+
+
+def test_an_ended_request_prints_its_stack_once_without_faulthandlers_block(threaded):
+    srv = threaded()
+    assert srv.get("/busy?s=60").status_code == 504
+    log = srv.log()
+    assert "Fatal Python error" not in log
+    assert log.count("in busy_outside") == 1, log
+
+
 def test_a_swallowed_cancellation_retires_the_worker(threaded):
     srv = threaded()
     pid = srv.get("/pid").text

@@ -120,6 +120,57 @@ def test_the_section_past_its_deadline_is_what_an_arbiters_abort_names():
     reg.exit(outer)
 
 
+def test_an_arbiters_abort_past_an_enclosing_deadline_names_the_enclosing_section():
+    # It named the inner section and its own cap ("cap 60 s" with 5 s elapsed).
+    import sys
+    from heartworker.flavor import SyncFlavor
+    from heartworker.guard import Guard
+    reg = make_registry()
+    guard = Guard(reg, SyncFlavor(), tick=0.5, ppid=os.getppid(), log=None)
+    here = sys._getframe()
+    outer = reg.enter("outer", 5.0, here)
+    inner = reg.enter("inner", 60.0, here)
+    now = outer.deadline + 0.5
+    assert reg.past_deadline(here, now) is inner
+    cause = guard.arbiter_cause(inner, now)
+    assert "ran past the deadline of its enclosing section 'outer' (cap 5 s)" in cause, cause
+    assert cause.endswith("while C code held the GIL"), cause
+    inner.why = "section 'inner' ran past the deadline of its enclosing section 'outer'"
+    cause = guard.arbiter_cause(inner, now)          # cancelled, still running
+    assert cause.startswith(inner.why) and "the cancellation did not take" in cause, cause
+    assert "enclosing section 'outer', cap 5 s" in guard.overdue_message(inner, now - 1, now)
+    reg.exit(inner)
+    reg.exit(outer)
+
+
+def test_an_arbiters_abort_finds_a_request_threads_section_on_its_own_stack():
+    import sys
+    from heartworker.gthread import ThreadFlavor
+    reg = make_registry(owner=ThreadFlavor.owner)
+    entered, leave = threading.Event(), threading.Event()
+
+    def request_thread():
+        request = reg.request_begins("GET /model", sys._getframe(), 2.0)
+        section = reg.enter("inference", 0.01, sys._getframe())
+        entered.set()
+        leave.wait(10)
+        reg.exit(section)
+        reg.request_done(request, lambda: None)
+
+    t = threading.Thread(target=request_thread)
+    t.start()
+    try:
+        assert entered.wait(10)
+        now = time.monotonic() + 1
+        main_frame = sys._getframe()
+        assert reg.past_deadline(main_frame, now) is None, "not on the main thread's stack"
+        late = reg.past_deadline(main_frame, now, ThreadFlavor.frames_at_abort())
+        assert late is not None and late.name == "inference"
+    finally:
+        leave.set()
+        t.join(10)
+
+
 def test_nested_deadline_is_the_earliest_and_only_a_nearer_one_is_written():
     import sys
     here = sys._getframe()
@@ -704,3 +755,54 @@ def test_the_watch_reports_long_sections_oldest_first_and_counts_the_saved():
     watch.look(time.monotonic())
     watch.emit()
     assert title.shown is None and duration(3725) == "1h02m"
+
+
+def test_the_next_worker_labels_each_dump_by_how_its_worker_died(tmp_path):
+    import subprocess
+    import sys
+    from heartworker.aftermath import Aftermath
+
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def error(self, msg, *args):
+            self.lines.append(("error", msg % args))
+
+        def critical(self, msg, *args):
+            self.lines.append(("critical", msg % args))
+
+    dead = []
+    for _ in range(3):
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        child.wait()
+        dead.append(child.pid)
+    stack = 'Thread 0x1 (most recent call first):\n  File "app.py", line 3 in load'
+    (tmp_path / f"{dead[0]}.stacks").write_text(f"Fatal Python error: Aborted\n\n{stack}\n")
+    (tmp_path / f"{dead[1]}.stacks").write_text(f"Fatal Python error: Aborted\n\n{stack}\n")
+    (tmp_path / f"{dead[1]}.startup").write_text("")
+    (tmp_path / f"{dead[2]}.stacks").write_text(
+        f"Fatal Python error: Segmentation fault\n\n{stack}\nExtension modules: x\n")
+    log = Log()
+    Aftermath(str(tmp_path), log).collect(lambda: " (HEARTWORKER_STARTUP_CAP=1: ...)")
+    by_pid = {pid: line for line in log.lines for pid in dead if f"(pid {pid})" in line[1]}
+    assert by_pid[dead[0]][0] == "error" and "C code held the GIL" in by_pid[dead[0]][1]
+    assert by_pid[dead[1]][0] == "critical" and "during its startup" in by_pid[dead[1]][1]
+    assert "HEARTWORKER_STARTUP_CAP=1" in by_pid[dead[1]][1]
+    assert "crashed (Fatal Python error: Segmentation fault)" in by_pid[dead[2]][1]
+    assert all("line 3 in load" in line and "Extension modules" not in line
+               for _, line in log.lines)
+    assert os.listdir(tmp_path) == [], "every file of a dead worker is gone"
+
+
+def test_no_cancellation_lands_once_the_worker_is_being_aborted():
+    # A pending cancellation could replace the abort's SystemExit as it unwinds: the 504
+    # then named the cap instead of why the worker was aborted, and the exit looked clean.
+    import sys
+    from heartworker.worker import HeartWorkerMixin
+
+    class Aborting:
+        abort_cause = "section 'x' is still running: the cancellation did not take"
+        heart = None           # (never looked at: nothing lands)
+
+    assert HeartWorkerMixin.land_cancellation(Aborting(), sys._getframe()) is None

@@ -478,6 +478,10 @@ def route(path, q):
             with long_section("inner", cap=q("inner", 30.0)):
                 time.sleep(q("inner_s", 0.0))
             time.sleep(s)
+    elif path == "/nested_busy":       # (Python code: a request thread can be cancelled there)
+        with long_section("outer", cap=q("outer", 30.0)):
+            with long_section("inner", cap=q("inner", 30.0)):
+                busy_outside(q("inner_s", 0.0))
     elif path == "/error_in_section":
         with long_section("failing", cap=cap):
             raise ValueError("boom inside a section")
