@@ -4,28 +4,32 @@ Gunicorn's arbiter spawns every worker from the same process, so a directory
 made there (lazily, by the worker class's ``__init__``, which runs in the
 arbiter) is shared by all its workers.  It holds:
 
-* ``<pid>.stacks``: each worker's ``faulthandler`` file.  faulthandler's
+* ``<pid>-<token>.stacks``: each worker's ``faulthandler`` file.  faulthandler's
   C-level handler prints every thread's stack on SIGABRT even while C code
   holds the GIL, which is the only way to know where such a worker was when
   the arbiter killed it.  It writes here, not into the error log: when Python
   *can* run, Gunicorn's abort handler follows and logs a readable traceback,
-  and :meth:`Aftermath.discard` empties the raw dump so that the stacks are
+  and :meth:`Aftermath.take_own` empties the raw dump so that the stacks are
   printed once; and a file of our own is never the one USR1 rotated away.
   A dump that is still there when its worker is gone was written by a worker
   that never ran Python again: the next worker to boot logs it through
   Gunicorn's logger (:meth:`Aftermath.collect`) and removes it.
-* ``<pid>.startup``: there while the worker starts, so that the dump of a
-  worker killed then is logged as a startup past its deadline.
+* ``<pid>-<token>.startup``: there while the worker starts (it holds when it
+  began), so that the dump of a worker killed then is logged as a startup past
+  its deadline, and which one.
 * ``startups-past-cap``: how many startups in a row ran past their cap, so
   that a startup cap that is too small for the app is named and counted
   instead of silently restarting forever.
 """
 
 import atexit
+import contextlib
 import faulthandler
+import fcntl
 import os
 import shutil
 import tempfile
+import time
 
 _shared = {}   # arbiter pid -> its directory
 
@@ -68,64 +72,75 @@ def ordinal(n):
 
 
 class Aftermath:
-    """One worker's side of the shared directory."""
+    """One worker's side of the shared directory.
+
+    Its files are named ``<pid>-<token>``: a new worker that gets the pid of
+    a dead one does not take that one's files for its own.
+    """
 
     def __init__(self, path, log):
         self.path = path
         self.log = log
         self.pid = os.getpid()
+        self.stem = f"{self.pid}-{time.time_ns()}"
         self.file = None
 
     # -- stacks ------------------------------------------------------------------
     def collect(self, startup_note=None):
         """Log (then remove) the dumps of workers that died without running Python again.
 
-        A worker that died so during its startup (its ``<pid>.startup`` file is
-        still there) was killed past its startup's deadline: that is logged at
-        CRITICAL with ``startup_note()`` (the setting, and the count of startups
-        in a row past their cap), as the guard logs a startup it ends itself.
+        A worker that died so during its startup (its ``.startup`` file is
+        still there) is logged at CRITICAL, with ``startup_note(elapsed)``: what
+        to say of a startup killed ``elapsed`` seconds after it began (the
+        setting to raise, the count of startups in a row past their cap), as the
+        guard logs a startup it ends itself.  Each dump is claimed (renamed)
+        before it is read, so that workers booting together log it once.
         """
         names = set(os.listdir(self.path))
         for name in sorted(names):
-            stem, dot, ext = name.partition(".")
-            if ext not in ("stacks", "startup") or not stem.isdigit():
-                continue
-            pid = int(stem)
-            if pid == self.pid and ext == "startup" or pid != self.pid and _alive(pid):
+            stem, _, ext = name.partition(".")
+            pid = stem.partition("-")[0]
+            if ext not in ("stacks", "startup") or not pid.isdigit() or stem == self.stem \
+                    or int(pid) != self.pid and _alive(int(pid)):
                 continue
             full = os.path.join(self.path, name)
+            marker = os.path.join(self.path, f"{stem}.startup")
             if ext == "startup":
-                if f"{stem}.stacks" not in names:
-                    _unlink(full)      # (its dump, if any, is dealt with below)
+                if not os.path.exists(os.path.join(self.path, f"{stem}.stacks")):
+                    _unlink(full)      # no dump (or claimed: its claimer has read this)
                 continue
-            fatal, dump = self._take(full)
-            _unlink(full)
-            in_startup = pid != self.pid and f"{stem}.startup" in names
-            if in_startup:
-                _unlink(os.path.join(self.path, f"{stem}.startup"))
+            began = _read_float(marker)    # (before the claim: see just above)
+            claimed = f"{full}.{self.stem}"
+            try:
+                os.rename(full, claimed)
+                died = os.stat(claimed).st_mtime
+            except OSError:
+                continue               # another worker claimed it
+            fatal, dump = self._take(claimed)
+            _unlink(claimed)
+            _unlink(marker)
             if not dump:
                 continue
             if "Aborted" not in fatal:     # a crash in C code: SIGSEGV, SIGBUS, SIGFPE, SIGILL
                 self.log.error("heartworker: worker (pid %s) crashed (%s); its stacks then "
                                "(most recent call first):\n%s", pid, fatal, dump)
-            elif in_startup and startup_note is not None:
+            elif began is not None and startup_note is not None:
                 self.log.critical("heartworker: worker (pid %s) was killed during its startup, "
                                   "past its deadline, while no Python code could run (C code "
                                   "held the GIL)%s. Its stacks when it got SIGABRT (most "
-                                  "recent call first):\n%s", pid, startup_note(), dump)
+                                  "recent call first):\n%s", pid, startup_note(died - began),
+                                  dump)
             else:
                 self.log.error("heartworker: worker (pid %s) was killed while no Python code "
                                "could run (C code held the GIL); its stacks when it got "
                                "SIGABRT (most recent call first):\n%s", pid, dump)
 
-    def log_now(self, message):
-        """Log this worker's own dump now (Python runs its abort, but no traceback will
-        show where it was: its startup, the threaded worker's request threads)."""
+    def take_own(self):
+        """This worker's own dump, emptied (Python runs its abort: it is logged now, or
+        not at all if a readable traceback shows the same stacks)."""
         if self.file is None:
-            return
-        _, dump = self._take(self.file.name)
-        if dump:
-            self.log.error("%s (most recent call first):\n%s", message, dump)
+            return ""
+        return self._take(self.file.name)[1]
 
     @staticmethod
     def _take(path):
@@ -144,21 +159,13 @@ class Aftermath:
     def enable_dump(self):
         """Point faulthandler at this worker's file (after Gunicorn installed its handlers)."""
         try:
-            self.file = open(os.path.join(self.path, f"{self.pid}.stacks"), "w")
+            self.file = open(os.path.join(self.path, f"{self.stem}.stacks"), "w")
             faulthandler.enable(file=self.file, all_threads=True)
         except (OSError, ValueError, RuntimeError) as exc:
             self.log.warning("heartworker: no stack dump when C code holds the GIL: %s", exc)
             self.file = None
             return
         atexit.register(self.remove_dump, self.pid)
-
-    def discard(self):
-        """Python runs the abort: Gunicorn logs the readable traceback; drop the raw dump."""
-        if self.file is not None:
-            try:
-                os.ftruncate(self.file.fileno(), 0)
-            except OSError:
-                pass
 
     def disable_dump(self):
         """heartworker aborts the worker itself and has logged the stack already."""
@@ -169,34 +176,57 @@ class Aftermath:
             _unlink(self.file.name)
 
     # -- startups past their cap ---------------------------------------------------
-    def startup_failed(self):
-        """Count one more startup past its cap; return how many in a row."""
-        n = self._read_failures() + 1
-        self._write_failures(n)
-        return n
-
-    def startup_began(self):
-        """Mark this worker as starting (the next worker reads it if this one is killed)."""
+    def startup_began(self, began):
+        """Mark this worker as starting since ``began`` (wall clock): read by the next
+        worker if this one is killed before :meth:`startup_done`."""
         try:
-            open(os.path.join(self.path, f"{self.pid}.startup"), "w").close()
+            with open(os.path.join(self.path, f"{self.stem}.startup"), "w") as f:
+                f.write(repr(began))
         except OSError:
             pass
 
     def startup_done(self):
-        _unlink(os.path.join(self.path, f"{self.pid}.startup"))
-        if self._read_failures():
-            self._write_failures(0)
+        _unlink(os.path.join(self.path, f"{self.stem}.startup"))
+        with self._counter() as count:
+            if count[0]:
+                count[0] = 0
 
-    def _read_failures(self):
-        try:
-            with open(os.path.join(self.path, "startups-past-cap")) as f:
-                return int(f.read() or 0)
-        except (OSError, ValueError):
-            return 0
+    def startup_failed(self):
+        """Count one more startup past its cap; return how many in a row."""
+        with self._counter() as count:
+            count[0] += 1
+            return count[0]
 
-    def _write_failures(self, n):
+    @contextlib.contextmanager
+    def _counter(self):
+        """[startups in a row past their cap], read and written under a lock shared by
+        the arbiter's workers (several fail at once when they boot together)."""
+        path = os.path.join(self.path, "startups-past-cap")
         try:
-            with open(os.path.join(self.path, "startups-past-cap"), "w") as f:
-                f.write(str(n))
+            lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError:
-            pass
+            lock = None
+        try:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            before = int(_read_float(path) or 0)
+            count = [before]
+            yield count
+            if count[0] != before:
+                try:
+                    with open(path + ".new", "w") as f:
+                        f.write(str(count[0]))
+                    os.replace(path + ".new", path)    # never seen half-written
+                except OSError:
+                    pass
+        finally:
+            if lock is not None:
+                os.close(lock)      # (releases the lock)
+
+
+def _read_float(path):
+    try:
+        with open(path) as f:
+            return float(f.read())
+    except (OSError, ValueError):
+        return None

@@ -102,7 +102,7 @@ class GeventFlavor:
         """Where a section's greenlet waits (None if it is dead or not started)."""
         return getattr(section.owner, "gr_frame", None)
 
-    frames_at_abort = staticmethod(SyncFlavor.frames_at_abort)   # (the greenlet that blocked the hub)
+    frames_at_abort = staticmethod(SyncFlavor.frames_at_abort)   # (the hub-blocking greenlet)
 
 
 class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):

@@ -1,4 +1,4 @@
-"""What both heartworker workers add to Gunicorn's: boot checks, the startup section,
+"""What every heartworker worker adds to Gunicorn's: boot checks, the startup section,
 the guard, and a heartbeat that carries the standing vouch.
 
 A heartworker worker is ``class X(HeartWorkerMixin, gunicorn_worker_class)``
@@ -19,7 +19,7 @@ worker, and a deadline aborts the worker (nothing is served yet).
 import os
 import signal
 import sys
-from time import monotonic
+from time import monotonic, time
 
 from gunicorn.arbiter import Arbiter
 
@@ -118,8 +118,7 @@ class HeartWorkerMixin:
         signal.signal(CANCEL_SIGNAL, self.handle_cancel)
         if self.aftermath is not None:
             # stacks left by a worker killed with the GIL held (in its startup: a failed one)
-            self.aftermath.collect(lambda: self.startup_note(
-                STARTUP_CAP, self.heart_settings.startup_cap))
+            self.aftermath.collect(self.startup_killed_note)
             self.aftermath.enable_dump()    # after Gunicorn's SIGABRT handler: chained to it
 
     def load_wsgi(self):
@@ -134,6 +133,14 @@ class HeartWorkerMixin:
             watch.stock_would_kill = lambda section, now: flavor.stock_would_kill(
                 self.guard, section, now)
             watch.enabled = True      # (not while gevent patches the logging locks)
+            grace = self.guard.grace
+            if self.cfg.timeout and grace > self.cfg.timeout and not flavor.retires:
+                self.log.warning("heartworker: %s=%g is longer than --timeout (%g s): a "
+                                 "cancelled section that keeps the serving loop from "
+                                 "notifying (the sync worker, a greenlet that blocks gevent's "
+                                 "hub) is ended by the arbiter --timeout after its deadline, "
+                                 "before that grace", self.guard.grace_name, grace,
+                                 self.cfg.timeout)
         super().load_wsgi()
         if self.flavor is not None:
             self.wsgi = noting_response(self.wsgi, self.flavor.request_context)
@@ -149,21 +156,15 @@ class HeartWorkerMixin:
         settings = self.heart_settings
         if self.aftermath_dir is not None:
             self.aftermath = Aftermath(self.aftermath_dir, self.log)
-            self.aftermath.startup_began()
-        grace_name = setting_name(CANCEL_GRACE, self.heart_given)
-        if self.cfg.timeout and settings.cancel_grace > self.cfg.timeout:
-            self.log.warning("heartworker: %s=%g is longer than --timeout (%g s): a "
-                             "cancelled section that keeps the serving loop from notifying "
-                             "(the sync worker, a greenlet that blocks gevent's hub) is ended "
-                             "by the arbiter --timeout after its deadline, before that grace",
-                             grace_name, settings.cancel_grace, self.cfg.timeout)
+            self.aftermath.startup_began(time() - (monotonic() - self.spawned_at))
         flavor = SyncFlavor()        # until load_wsgi: the serving thread owns every section
         registry = Registry(Heartbeat(self.tmp), serving_tid=native.get_ident(),
                             default_cap=settings.section_cap, window=self.cfg.timeout,
                             owner=flavor.owner)
         registry.land = self.land_cancellation
         guard = Guard(registry, flavor, tick=guard_tick(self.cfg.timeout), ppid=self.ppid,
-                      log=self.log, grace=settings.cancel_grace, grace_name=grace_name,
+                      log=self.log, grace=settings.cancel_grace,
+                      grace_name=setting_name(CANCEL_GRACE, self.heart_given),
                       aftermath=self.aftermath,
                       graceful=self.cfg.graceful_timeout)
         guard.watch = Watch(registry, self.log, every=settings.report_every,
@@ -184,8 +185,22 @@ class HeartWorkerMixin:
             advice, past = "between two progress reports", "without progress past its limit"
         else:
             advice, past = "to start", "past its cap"
-        return (f" ({setting_name(setting, self.heart_given)}={value:g}: raise it if the app legitimately takes longer "
+        name = setting_name(setting, self.heart_given)
+        return (f" ({name}={value:g}: raise it if the app legitimately takes longer "
                 f"{advice}); the {ordinal(n)} startup in a row {past}")
+
+    def startup_killed_note(self, elapsed):
+        """What the next worker logs of a startup killed with the GIL held, ``elapsed``
+        seconds after it began: the cap's note if that had passed, else what may have."""
+        settings, given = self.heart_settings, self.heart_given
+        if elapsed >= settings.startup_cap:
+            return self.startup_note(STARTUP_CAP, settings.startup_cap)
+        stall = "" if settings.startup_stall is None else (
+            f" or its stall limit ({setting_name(STARTUP_STALL, given)}="
+            f"{settings.startup_stall:g})")
+        return (f", {elapsed:.1f} s after it began, within its cap "
+                f"({setting_name(STARTUP_CAP, given)}={settings.startup_cap:g}): past the "
+                f"deadline of a section opened in it{stall}")
 
     def run(self):
         startup = self.startup
@@ -219,10 +234,13 @@ class HeartWorkerMixin:
     def handle_abort(self, sig, frame):
         guard = self.guard
         now = monotonic()
+        # The raw dump faulthandler just wrote, taken first (a SIGKILL from here on must
+        # not have the next worker count this startup's end once more).
+        dump = self.aftermath.take_own() if self.aftermath is not None else ""
         threads = self.flavor.frames_at_abort() if self.flavor is not None else None
         if guard is not None and guard.aborting:
-            self.abort_cause = guard.abort_cause
-        else:                       # the arbiter's: a section past its deadline means the GIL was held
+            self.abort_cause = guard.abort_cause      # (the guard logged the stack)
+        else:       # the arbiter's: a section past its deadline means the GIL was held
             late = self.heart.past_deadline(frame, now, threads) if self.heart else None
             if late is not None:
                 self.abort_cause = guard.arbiter_cause(late, now)
@@ -231,16 +249,14 @@ class HeartWorkerMixin:
             else:           # the threaded worker's loop notifies whatever its threads do
                 self.abort_cause = (f"Gunicorn's main loop did not notify within --timeout "
                                     f"({self.cfg.timeout:g} s)")
-        if self.aftermath is not None:
-            if self.logs_abort_stack or self.startup is None and threads is None:
-                # Python runs the abort in the request's code, so a readable traceback
-                # is logged (answer.py): the raw dump faulthandler just wrote would
-                # print the same stacks a second time.
-                self.aftermath.discard()
-            else:       # no traceback would show them: the startup's, the request threads'
-                self.aftermath.log_now(f"heartworker: worker (pid {os.getpid()}) aborted by "
-                                       f"the arbiter: {self.abort_cause}. Its stacks when it "
-                                       f"got SIGABRT")
+            # Python runs the abort: in a request's code a readable traceback is logged
+            # (answer.py; gevent's handle_abort), and the dump would print the same
+            # stacks again.  No traceback shows the startup's or the request threads'.
+            if dump and not self.logs_abort_stack and (self.startup is not None
+                                                       or threads is not None):
+                self.log.error("heartworker: worker (pid %s) aborted by the arbiter: %s. Its "
+                               "stacks when it got SIGABRT (most recent call first):\n%s",
+                               os.getpid(), self.abort_cause, dump)
         if self.heart is not None and self.cfg.timeout:
             # The arbiter sends SIGKILL at its next look if the heartbeat is still
             # stale, and it looks again at every signal it gets (a worker's exit):
@@ -257,16 +273,15 @@ class HeartWorkerMixin:
     def land_cancellation(self, frame):
         """Raise SectionCapExceeded here if ``frame`` (this thread's code) is in a cancelled section.
 
-        Only inside it, never in heartworker's own bookkeeping, and never while
-        a cancellation is being handled here (a ``finally`` or ``except`` block
-        as one unwinds), nor once the worker is being aborted (a cancellation
-        must not replace the abort's SystemExit): the guard sends the signal
-        again while it runs on.  A
-        signal that finds the thread in the bookkeeping is not lost: it is
-        landed where the bookkeeping returns to the section's code
+        Only inside it, never in heartworker's own bookkeeping, never while a
+        cancellation is being handled here (a ``finally`` or ``except`` block as
+        one unwinds: the guard sends the signal again while it runs on), and
+        never once the worker is being aborted (it would replace the abort's
+        SystemExit).  A signal that finds the thread in the bookkeeping is not
+        lost: it is landed where the bookkeeping returns to the section's code
         (``long_section.__enter__``/``__exit__``, ``progress``), so that code
-        that spends most of its time entering and leaving sections is ended
-        as surely as any other.
+        that spends most of its time entering and leaving sections is ended as
+        surely as any other.
         """
         reg = self.heart
         if self.abort_cause is not None:

@@ -1,7 +1,9 @@
 """Unit tests of the pieces; the behaviour itself is tested against real Gunicorn elsewhere."""
 
+import contextlib
 import math
 import os
+import sys
 import threading
 import time
 
@@ -45,6 +47,30 @@ def active():
 
     yield make
     activate(None)
+
+
+@contextlib.contextmanager
+def a_request_thread(reg, cap):
+    """A thread of the threaded worker, inside a section of ``cap`` s of its request, until
+    the ``with`` ends."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def request_thread():
+        request = reg.request_begins("GET /model", sys._getframe(), 2.0)
+        section = reg.enter("inference", cap, sys._getframe())
+        entered.set()
+        leave.wait(10)
+        reg.exit(section)
+        reg.request_done(request, lambda: None)
+
+    t = threading.Thread(target=request_thread)
+    t.start()
+    try:
+        assert entered.wait(10)
+        yield
+    finally:
+        leave.set()
+        t.join(10)
 
 
 # -- the rule -----------------------------------------------------------------
@@ -108,7 +134,6 @@ def test_gunicorns_heartbeat_never_writes_below_a_standing_vouch():
 def test_the_section_past_its_deadline_is_what_an_arbiters_abort_names():
     # The arbiter aborts a worker whose section passed its deadline while C code held
     # the GIL: its 504 named --timeout, not the section (found by the soak).
-    import sys
     reg = make_registry()
     here = sys._getframe()
     outer = reg.enter("outer", 30.0, here)
@@ -122,7 +147,6 @@ def test_the_section_past_its_deadline_is_what_an_arbiters_abort_names():
 
 def test_an_arbiters_abort_past_an_enclosing_deadline_names_the_enclosing_section():
     # It named the inner section and its own cap ("cap 60 s" with 5 s elapsed).
-    import sys
     from heartworker.flavor import SyncFlavor
     from heartworker.guard import Guard
     reg = make_registry()
@@ -144,35 +168,17 @@ def test_an_arbiters_abort_past_an_enclosing_deadline_names_the_enclosing_sectio
 
 
 def test_an_arbiters_abort_finds_a_request_threads_section_on_its_own_stack():
-    import sys
     from heartworker.gthread import ThreadFlavor
     reg = make_registry(owner=ThreadFlavor.owner)
-    entered, leave = threading.Event(), threading.Event()
-
-    def request_thread():
-        request = reg.request_begins("GET /model", sys._getframe(), 2.0)
-        section = reg.enter("inference", 0.01, sys._getframe())
-        entered.set()
-        leave.wait(10)
-        reg.exit(section)
-        reg.request_done(request, lambda: None)
-
-    t = threading.Thread(target=request_thread)
-    t.start()
-    try:
-        assert entered.wait(10)
+    with a_request_thread(reg, 0.01):
         now = time.monotonic() + 1
         main_frame = sys._getframe()
         assert reg.past_deadline(main_frame, now) is None, "not on the main thread's stack"
         late = reg.past_deadline(main_frame, now, ThreadFlavor.frames_at_abort())
         assert late is not None and late.name == "inference"
-    finally:
-        leave.set()
-        t.join(10)
 
 
 def test_nested_deadline_is_the_earliest_and_only_a_nearer_one_is_written():
-    import sys
     here = sys._getframe()
     reg = make_registry()
     outer = reg.enter("outer", 30.0, here)
@@ -255,7 +261,6 @@ def test_beat_restores_the_standing_vouch_over_gunicorns_notify():
 
 
 def test_inside_walks_the_stack_for_an_entry_frame():
-    import sys
     reg = make_registry()
     here = sys._getframe()
     s = reg.enter("a", 30.0, here)
@@ -285,27 +290,13 @@ def test_a_gil_hold_in_a_request_threads_section_that_silences_the_main_loop_kee
     # GIL-holding call read as "stuck outside every section", and the guard wrote the
     # loop's last heartbeat, already past --timeout, over the standing vouch: the
     # arbiter killed the worker inside its section (found by benchmarks/soak.py).
-    import sys
     from heartworker.guard import Guard
     from heartworker.gthread import LOOP_EVERY, ThreadFlavor
     reg = Registry(RecordingHeartbeat(), serving_tid=native.get_ident(), default_cap=60.0,
                    window=2.0, owner=ThreadFlavor.owner)
     flavor = ThreadFlavor()
     guard = Guard(reg, flavor, tick=0.5, ppid=os.getppid(), log=None)
-    entered, leave = threading.Event(), threading.Event()
-
-    def request_thread():
-        request = reg.request_begins("GET /model", sys._getframe(), 2.0)
-        section = reg.enter("inference", 30.0, sys._getframe())
-        entered.set()
-        leave.wait(10)
-        reg.exit(section)
-        reg.request_done(request, lambda: None)
-
-    t = threading.Thread(target=request_thread)
-    t.start()
-    try:
-        assert entered.wait(10)
+    with a_request_thread(reg, 30.0):
         now = time.monotonic()
         flavor.beat_at = now - LOOP_EVERY - 1          # silent: a GIL hold just ended
         guard.step(now)
@@ -313,9 +304,6 @@ def test_a_gil_hold_in_a_request_threads_section_that_silences_the_main_loop_kee
         flavor.beat_at = now = time.monotonic()       # the loop is seen: its own rule
         guard.step(now)
         assert reg.heartbeat.writes[-1] == max(now, reg.standing)
-    finally:
-        leave.set()
-        t.join(10)
 
 
 # -- long_section -----------------------------------------------------------------
@@ -512,7 +500,6 @@ def test_a_forked_child_never_vouches_and_never_waits_for_an_inherited_lock(acti
 
 
 def test_out_of_order_exits_never_leave_a_section_without_a_deadline():
-    import sys
     here = sys._getframe()
     reg = make_registry()
     outer = reg.enter("outer", 30.0, here)
@@ -535,7 +522,6 @@ def test_entering_one_long_section_twice_raises_everywhere():
 
 def test_the_anchor_skips_helpers_to_the_frame_that_runs_the_with_body():
     import contextlib
-    import sys
 
     from heartworker.section import anchor
 
@@ -600,7 +586,6 @@ def test_the_heartbeat_file_holds_a_deadline_a_year_ahead():
 
 
 def test_a_section_left_open_in_a_generator_does_not_clip_later_sections():
-    import sys
     reg = make_registry()
 
     def gen():
@@ -616,7 +601,6 @@ def test_a_section_left_open_in_a_generator_does_not_clip_later_sections():
 
 # -- progress and stall limits (issue 9) -------------------------------------------------
 def test_progress_moves_the_stall_deadline_and_writes_at_most_once_per_window():
-    import sys
     reg = make_registry(window=2.0)
     s = reg.enter("load", 600.0, sys._getframe(), stall=5.0)
     assert reg.deadline_of(s) == s.stall_at == s.started + 5.0
@@ -635,7 +619,6 @@ def test_progress_moves_the_stall_deadline_and_writes_at_most_once_per_window():
 
 
 def test_sections_without_a_stall_limit_cost_no_write_on_progress():
-    import sys
     reg = make_registry()
     s = reg.enter("plain", 30.0, sys._getframe())
     reg.progress("x")
@@ -644,7 +627,6 @@ def test_sections_without_a_stall_limit_cost_no_write_on_progress():
 
 
 def test_progress_counts_for_the_enclosing_sections_and_the_heap_refiles_them():
-    import sys
     here = sys._getframe()
     reg = make_registry()
     outer = reg.enter("job", 600.0, here, stall=2.0)
@@ -699,7 +681,6 @@ def test_stall_and_report_settings():
 
 
 def test_the_watch_reports_long_sections_oldest_first_and_counts_the_saved():
-    import sys
     from heartworker.report import REPORT_LINES, Watch, duration
 
     class Log:
@@ -759,7 +740,6 @@ def test_the_watch_reports_long_sections_oldest_first_and_counts_the_saved():
 
 def test_the_next_worker_labels_each_dump_by_how_its_worker_died(tmp_path):
     import subprocess
-    import sys
     from heartworker.aftermath import Aftermath
 
     class Log:
@@ -776,33 +756,80 @@ def test_the_next_worker_labels_each_dump_by_how_its_worker_died(tmp_path):
     for _ in range(3):
         child = subprocess.Popen([sys.executable, "-c", "pass"])
         child.wait()
-        dead.append(child.pid)
+        dead.append(f"{child.pid}-1")
     stack = 'Thread 0x1 (most recent call first):\n  File "app.py", line 3 in load'
-    (tmp_path / f"{dead[0]}.stacks").write_text(f"Fatal Python error: Aborted\n\n{stack}\n")
-    (tmp_path / f"{dead[1]}.stacks").write_text(f"Fatal Python error: Aborted\n\n{stack}\n")
-    (tmp_path / f"{dead[1]}.startup").write_text("")
+    aborted = f"Fatal Python error: Aborted\n\n{stack}\n"
+    (tmp_path / f"{dead[0]}.stacks").write_text(aborted)
+    (tmp_path / f"{dead[1]}.stacks").write_text(aborted)
+    os.utime(tmp_path / f"{dead[1]}.stacks", (1000.0, 1000.0))     # killed at 1000
+    (tmp_path / f"{dead[1]}.startup").write_text("992.5")          # having begun at 992.5
     (tmp_path / f"{dead[2]}.stacks").write_text(
         f"Fatal Python error: Segmentation fault\n\n{stack}\nExtension modules: x\n")
-    log = Log()
-    Aftermath(str(tmp_path), log).collect(lambda: " (HEARTWORKER_STARTUP_CAP=1: ...)")
-    by_pid = {pid: line for line in log.lines for pid in dead if f"(pid {pid})" in line[1]}
+    me = Aftermath(str(tmp_path), Log())
+    (tmp_path / f"{me.stem}.startup").write_text("0")              # mine: not collected
+    (tmp_path / f"{me.pid}-0.stacks").write_text(aborted)          # my pid's, another life
+    me.collect(lambda elapsed: f" (after {elapsed:g} s)")
+    by_pid = {pid: line for line in me.log.lines
+              for pid in dead + [f"{me.pid}-0"] if f"(pid {pid.split('-')[0]})" in line[1]}
     assert by_pid[dead[0]][0] == "error" and "C code held the GIL" in by_pid[dead[0]][1]
     assert by_pid[dead[1]][0] == "critical" and "during its startup" in by_pid[dead[1]][1]
-    assert "HEARTWORKER_STARTUP_CAP=1" in by_pid[dead[1]][1]
+    assert "(after 7.5 s)" in by_pid[dead[1]][1]
     assert "crashed (Fatal Python error: Segmentation fault)" in by_pid[dead[2]][1]
+    assert "C code held the GIL" in by_pid[f"{me.pid}-0"][1]
     assert all("line 3 in load" in line and "Extension modules" not in line
-               for _, line in log.lines)
-    assert os.listdir(tmp_path) == [], "every file of a dead worker is gone"
+               for _, line in me.log.lines) and len(me.log.lines) == 4
+    assert os.listdir(tmp_path) == [f"{me.stem}.startup"], "every file of a dead worker is gone"
+
+
+def test_workers_that_boot_together_log_each_dump_once_and_count_every_failed_startup(tmp_path):
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+    from heartworker.aftermath import Aftermath
+
+    class Log:
+        lines = []
+
+        def error(self, msg, *args):
+            self.lines.append(msg % args)
+
+        critical = error
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    for i in range(20):           # dumps of dead workers
+        (tmp_path / f"{child.pid}-{i}.stacks").write_text("Fatal Python error: Aborted\n\n0x1")
+        (tmp_path / f"{child.pid}-{i}.startup").write_text("0")
+    workers = [Aftermath(str(tmp_path), Log()) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda w: w.collect(lambda _: f" #{w.startup_failed()}"), workers))
+    assert len(Log.lines) == 20, Log.lines
+    assert sorted(int(line.split("#")[1].split(".")[0]) for line in Log.lines) == \
+        list(range(1, 21))
 
 
 def test_no_cancellation_lands_once_the_worker_is_being_aborted():
     # A pending cancellation could replace the abort's SystemExit as it unwinds: the 504
     # then named the cap instead of why the worker was aborted, and the exit looked clean.
-    import sys
+    from heartworker.section import SectionCapExceeded
     from heartworker.worker import HeartWorkerMixin
 
-    class Aborting:
-        abort_cause = "section 'x' is still running: the cancellation did not take"
-        heart = None           # (never looked at: nothing lands)
+    class Heart:
+        cancel_waits, owner = False, None
 
-    assert HeartWorkerMixin.land_cancellation(Aborting(), sys._getframe()) is None
+        @staticmethod
+        def interruptible(frame):
+            return True
+
+    class Guard:
+        @staticmethod
+        def take_cancellation(owner, frame):
+            return "section 'x' ran past its cap"
+
+    class Worker:
+        abort_cause, heart, guard = None, Heart(), Guard()
+
+    worker = Worker()
+    with pytest.raises(SectionCapExceeded):            # due, and nothing else unwinds
+        HeartWorkerMixin.land_cancellation(worker, sys._getframe())
+    worker.abort_cause = "section 'x' is still running: the cancellation did not take"
+    assert HeartWorkerMixin.land_cancellation(worker, sys._getframe()) is None
