@@ -23,7 +23,6 @@ arbiter) is shared by all its workers.  It holds:
 """
 
 import atexit
-import contextlib
 import faulthandler
 import fcntl
 import os
@@ -96,8 +95,7 @@ class Aftermath:
         guard logs a startup it ends itself.  Each dump is claimed (renamed)
         before it is read, so that workers booting together log it once.
         """
-        names = set(os.listdir(self.path))
-        for name in sorted(names):
+        for name in sorted(os.listdir(self.path)):
             stem, _, ext = name.partition(".")
             pid = stem.partition("-")[0]
             if ext not in ("stacks", "startup") or not pid.isdigit() or stem == self.stem \
@@ -187,20 +185,16 @@ class Aftermath:
 
     def startup_done(self):
         _unlink(os.path.join(self.path, f"{self.stem}.startup"))
-        with self._counter() as count:
-            if count[0]:
-                count[0] = 0
+        self._count(lambda n: 0)
 
     def startup_failed(self):
         """Count one more startup past its cap; return how many in a row."""
-        with self._counter() as count:
-            count[0] += 1
-            return count[0]
+        return self._count(lambda n: n + 1)
 
-    @contextlib.contextmanager
-    def _counter(self):
-        """[startups in a row past their cap], read and written under a lock shared by
-        the arbiter's workers (several fail at once when they boot together)."""
+    def _count(self, update):
+        """Apply ``update`` to the count of startups in a row past their cap, under a lock
+        shared by the arbiter's workers (several fail at once when they boot together);
+        return the new count."""
         path = os.path.join(self.path, "startups-past-cap")
         try:
             lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -210,15 +204,15 @@ class Aftermath:
             if lock is not None:
                 fcntl.flock(lock, fcntl.LOCK_EX)
             before = int(_read_float(path) or 0)
-            count = [before]
-            yield count
-            if count[0] != before:
+            after = update(before)
+            if after != before:
                 try:
                     with open(path + ".new", "w") as f:
-                        f.write(str(count[0]))
+                        f.write(str(after))
                     os.replace(path + ".new", path)    # never seen half-written
                 except OSError:
                     pass
+            return after
         finally:
             if lock is not None:
                 os.close(lock)      # (releases the lock)

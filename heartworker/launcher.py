@@ -25,7 +25,7 @@ DEFAULT_WORKER = "heartworker.SyncWorker"
 
 def _validator(env_name, may_be_zero=False):
     """Gunicorn's validator for one setting: seconds, as the environment variable's rule."""
-    name = next(k for k, v in hs.GUNICORN_NAMES.items() if v == env_name)
+    name = hs.gunicorn_name(env_name)
     shown = f"{name} (--{name.replace('_', '-')}, {env_name})"
 
     def validate(value):

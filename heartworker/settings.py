@@ -80,6 +80,11 @@ def from_gunicorn(cfg):
     return given
 
 
+def gunicorn_name(variable):
+    """The Gunicorn setting (``startup_cap``) that stands for ``variable`` under the launcher."""
+    return next(k for k, v in GUNICORN_NAMES.items() if v == variable)
+
+
 def setting_name(variable, given=()):
     """How a log line names a setting: the way it was given.
 
@@ -87,8 +92,7 @@ def setting_name(variable, given=()):
     setting (``given``: see :func:`from_gunicorn`), else the environment variable.
     """
     if variable in given:
-        name = next(k for k, v in GUNICORN_NAMES.items() if v == variable)
-        return "--" + name.replace("_", "-")
+        return "--" + gunicorn_name(variable).replace("_", "-")
     return variable
 
 
