@@ -89,6 +89,7 @@ class Phase:
     faults: list = field(default_factory=list)
     samples: dict = field(default_factory=lambda: collections.defaultdict(list))
     inflight: dict = field(default_factory=dict)     # rid -> kind
+    helpers: list = field(default_factory=list)      # threads of the faults' own requests
     booted: list = field(default_factory=list)
     alive_at_end: set = field(default_factory=set)
     sentinel: set = field(default_factory=set)       # the sentinel server's workers
@@ -180,13 +181,16 @@ def client(srv, phase, cards, lock, until, number):
             return
         with lock:
             kind = next(cards)
-        rid = f"{phase.flavor}-{number}-{n}"
-        result = Result(kind, rid, time.monotonic())
-        phase.inflight[rid] = kind
-        result.outcome, result.body = send(srv, kind, rid)
-        result.end = time.monotonic()
-        del phase.inflight[rid]
-        phase.results.append(result)
+        one_request(srv, phase, kind, f"{phase.flavor}-{number}-{n}")
+
+
+def one_request(srv, phase, kind, rid):
+    result = Result(kind, rid, time.monotonic())
+    phase.inflight[rid] = kind
+    result.outcome, result.body = send(srv, kind, rid)
+    result.end = time.monotonic()
+    del phase.inflight[rid]
+    phase.results.append(result)
 
 
 def journal(path):
@@ -215,7 +219,7 @@ def inject(srv, phase, name, rng, journal_path):
         except ProcessLookupError:
             common.fail(f"{phase.flavor}: the arbiter is gone (SIG{name} found no process)")
     elif workers:
-        busy = in_sections(phase, workers, journal_path) if name == "TERM" else []
+        busy = in_sections(srv, phase, workers, journal_path) if name == "TERM" else []
         target = rng.choice(busy or list(workers))
         sent = time.monotonic()
         try:
@@ -226,10 +230,22 @@ def inject(srv, phase, name, rng, journal_path):
     phase.faults.append(Fault(sent, name, target, workers, in_section, oldest))
 
 
-def in_sections(phase, workers, journal_path, wait=3.0):
-    """Workers running a section within its cap now (waiting up to ``wait`` s for one)."""
+def in_sections(srv, phase, workers, journal_path, wait=2.0):
+    """Workers running a section within its cap now.
+
+    Waits up to ``wait`` s for the clients to start one, then sends one itself (a
+    ``long`` request, judged like the clients'), so that every run, however short,
+    stops a worker in the middle of a section at least once.
+    """
     until = time.monotonic() + wait
+    sent = False
     while True:
+        if not sent and time.monotonic() > until:
+            sent, until = True, time.monotonic() + 2 * wait + rules.LONG / 2
+            helper = threading.Thread(target=one_request, daemon=True, args=(
+                srv, phase, "long", f"{phase.flavor}-term-{len(phase.faults)}"))
+            helper.start()
+            phase.helpers.append(helper)
         running = journal(journal_path)
         busy = [running.get(rid, (None,))[0] for rid, kind in list(phase.inflight.items())
                 if kind in ("long", "cpu", "gil")]
@@ -250,6 +266,8 @@ def faults(srv, phase, until, every, rng, journal_path):
             return
         time.sleep(max(0.0, wake - time.monotonic()))
         inject(srv, phase, name, rng, journal_path)
+    for helper in phase.helpers:
+        helper.join()
 
 
 def watch(servers, phase, stop, sample_every):
