@@ -219,7 +219,11 @@ def inject(srv, phase, name, rng, journal_path):
         except ProcessLookupError:
             common.fail(f"{phase.flavor}: the arbiter is gone (SIG{name} found no process)")
     elif workers:
-        busy = in_sections(srv, phase, workers, journal_path) if name == "TERM" else []
+        if name == "TERM":
+            busy = in_sections(srv, phase, journal_path)
+            workers = tuple(sorted(set(children(master)) | set(busy)))   # (after the wait)
+        else:
+            busy = []
         target = rng.choice(busy or list(workers))
         sent = time.monotonic()
         try:
@@ -230,12 +234,13 @@ def inject(srv, phase, name, rng, journal_path):
     phase.faults.append(Fault(sent, name, target, workers, in_section, oldest))
 
 
-def in_sections(srv, phase, workers, journal_path, wait=2.0):
+def in_sections(srv, phase, journal_path, wait=2.0):
     """Workers running a section within its cap now.
 
     Waits up to ``wait`` s for the clients to start one, then sends one itself (a
     ``long`` request, judged like the clients'), so that every run, however short,
-    stops a worker in the middle of a section at least once.
+    stops a worker in the middle of a section at least once (the workers there
+    may be retiring: it may be served by one that has just booted).
     """
     until = time.monotonic() + wait
     sent = False
@@ -249,7 +254,8 @@ def in_sections(srv, phase, workers, journal_path, wait=2.0):
         running = journal(journal_path)
         busy = [running.get(rid, (None,))[0] for rid, kind in list(phase.inflight.items())
                 if kind in ("long", "cpu", "gil")]
-        busy = [p for p in busy if p in workers]
+        alive = children(srv.proc.pid)
+        busy = [p for p in busy if p in alive]
         if busy or time.monotonic() > until:
             return busy
         time.sleep(0.05)
@@ -344,14 +350,19 @@ def explain_deaths(phase, ran_on):
                 fault.name == "HUP" and pid in fault.workers
             # (gone between two looks: it was alive at the fault, so it died at once)
             until = fault.at if died is None else died
-            if aimed and rules.fault_explains(
-                    fault.name, how, fault.at, until,
-                    delayed=gil_held(phase, ran_on, pid, fault.at, until),
-                    stuck=phase.flavor == "gthread" and ran_during(
-                        phase, ran_on, pid, rules.STUCK_IN_THREADS, fault.at, until) > 0):
+            explains = aimed and rules.fault_explains(
+                fault.name, how, fault.at, until,
+                delayed=gil_held(phase, ran_on, pid, fault.at, until),
+                stuck=phase.flavor == "gthread" and ran_during(
+                    phase, ran_on, pid, rules.STUCK_IN_THREADS, fault.at, until) > 0)
+            if explains:
                 why.append((fault.at, f"SIG{fault.name}"))
-                if why[-1][1] in GRACEFUL_FAULTS:
-                    stops.append(fault.at)
+            # A graceful fault stopped it from then on, whatever ended it (its sections
+            # end at the graceful limit): if it explains its death, or was surely its
+            # (a TTOU aimed at several oldest workers stopped only one).
+            if f"SIG{fault.name}" in GRACEFUL_FAULTS and fault.at <= until and (
+                    explains or aimed and fault.oldest in ((), (pid,))):
+                stops.append(fault.at)
         for r in phase.results:
             if ran_on.get(r.rid) == pid and r.expect is not None \
                     and how in r.expect.ends_worker and (died is None or ended_by(phase, ran_on, r, died)):
@@ -461,16 +472,20 @@ def second_look(phase, pid):
     """Did the arbiter look again right after its SIGABRT to ``pid`` (and SIGKILL it)?
 
     It looks at every signal it gets: another of its workers' exit, or one the
-    soak sent it (see ``soak_rules.aborted_by_the_arbiter``; not HUP, whose
-    reload waits for the old workers without looking).
+    soak sent it (see ``soak_rules.aborted_by_the_arbiter``).  A HUP's reload
+    waits up to the graceful timeout for the old workers without looking
+    (Gunicorn 27): the exits it saw meanwhile wake the arbiter again as the
+    reload ends, right after it looked (and sent its SIGABRT) once.
     """
     died = phase.died.get(pid)
     if phase.how.get(pid) != "aborted, then SIGKILL" or died is None:
         return False
-    others = [(other, at) for other, at in phase.died.items() if other != pid]
     sentinel = pid in phase.sentinel
-    woke = [at for other, at in others if (other in phase.sentinel) == sentinel] + \
-        [f.at for f in phase.faults if f.name in ("TTIN", "TTOU") and not sentinel]
+    exits = [at for other, at in phase.died.items()
+             if other != pid and (other in phase.sentinel) == sentinel]
+    woke = exits + [f.at for f in phase.faults if f.name in ("TTIN", "TTOU") and not sentinel]
+    woke += [f.at + rules.GRACEFUL for f in phase.faults if f.name == "HUP" and not sentinel
+             and any(f.at <= at <= f.at + rules.GRACEFUL + WATCH_EVERY for at in exits)]
     return any(died - SECOND_LOOK_WITHIN - WATCH_EVERY <= at <= died + WATCH_EVERY
                for at in woke)
 

@@ -206,6 +206,35 @@ def test_a_graceful_stop_closes_only_what_outlived_its_graceful_timeout(soak):
         assert (r.verdict == "collateral") == excused, (flavor, died)
 
 
+def test_exits_during_a_hups_reload_make_a_second_look_as_it_ends(soak):
+    # Gunicorn 27's reload waits up to --graceful-timeout for the old workers without
+    # looking; the exits it saw are handled as it ends, right after its SIGABRT.
+    killed = "WORKER TIMEOUT (pid:7)\nWorker (pid:7) was sent SIGKILL!"
+    for hup_at, explained in [(0.2, True), (None, False), (1.5, False)]:
+        faults = [] if hup_at is None else [soak.Fault(hup_at, "HUP", workers=(7, 8))]
+        phase = phase_with(soak, "sync", faults=faults, results=[hang(soak, 2.3, "closed")],
+                           died={7: 2.3, 8: 1.0}, log=killed)    # 8 left at 1.0, in the reload
+        soak.judge(phase, {"r1": 7}, {"r1": 0.0})
+        unexpected = [why for why, _ in phase.unexpected if "second look" in why]
+        assert (not unexpected) == explained, hup_at
+
+
+def test_a_graceful_stop_excuses_its_504_when_something_else_ended_the_worker(soak):
+    # A HUP stops the worker and its section ends at the graceful limit, before the
+    # arbiter's abort for a neighbour outside sections ends the worker (gevent).
+    graceful = "Gateway Timeout: section 'soak long' ran past the graceful timeout after SIGTERM"
+    aborted = "WORKER TIMEOUT (pid:7)\nWorker (pid:7) exited with code 1."
+    for faults, excused in [([soak.Fault(10.0, "HUP", workers=(7,))], True), ([], False)]:
+        r = soak.Result("long", "r1", start=9.0, end=11.9, outcome="504", body=graceful)
+        neighbour = soak.Result("hang_busy", "r2", start=9.9, end=12.0, outcome="504",
+                                body="Gateway Timeout: the request ran longer than --timeout")
+        phase = phase_with(soak, "gevent", faults=faults, results=[r, neighbour],
+                           died={7: 12.1}, log=aborted)
+        soak.judge(phase, {"r1": 7, "r2": 7}, {"r1": 9.0, "r2": 9.9})
+        assert neighbour.verdict == "expected", neighbour.verdict
+        assert (r.verdict == "collateral") == excused, faults
+
+
 def test_a_504_is_collateral_only_of_a_graceful_stop_at_its_limit_and_must_say_so(soak):
     graceful = "Gateway Timeout: section 'soak long' ran past the graceful timeout after SIGTERM"
     for fault, outcome, body, end, excused in [
