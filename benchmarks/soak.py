@@ -97,8 +97,9 @@ class Phase:
     died: dict = field(default_factory=dict)         # pid -> when first seen gone
     deaths: dict = field(default_factory=dict)       # pid -> [(at, why)]
     how: dict = field(default_factory=dict)          # pid -> how it ended (``how_it_ended``)
-    stopping: dict = field(default_factory=dict)     # pid -> when the graceful stop that
-                                                     # ended it began (a fault, a retirement)
+    stopping: dict = field(default_factory=dict)     # pid -> when a graceful stop of it
+                                                     # began (a fault, a retirement), whatever
+                                                     # ended it
     held_gil: dict = field(default_factory=dict)     # pid -> seconds C code held the GIL in
                                                      # it between its stop and its death
     unexpected: list = field(default_factory=list)   # (what went wrong, worker pid or None)
@@ -221,7 +222,7 @@ def inject(srv, phase, name, rng, journal_path):
     elif workers:
         if name == "TERM":
             busy = in_sections(srv, phase, journal_path)
-            workers = tuple(sorted(set(children(master)) | set(busy)))   # (after the wait)
+            workers = tuple(sorted(set(children(master)) | set(busy))) or workers   # (now)
         else:
             busy = []
         target = rng.choice(busy or list(workers))
@@ -269,11 +270,13 @@ def faults(srv, phase, until, every, rng, journal_path):
     for name in itertools.cycle(FAULTS):
         wake = time.monotonic() + every
         if wake >= until:
-            return
+            break
         time.sleep(max(0.0, wake - time.monotonic()))
         inject(srv, phase, name, rng, journal_path)
-    for helper in phase.helpers:
-        helper.join()
+    for helper in phase.helpers:      # the faults' own requests are judged too
+        helper.join(rules.CLIENT_TIMEOUT + 10)
+        if helper.is_alive():
+            common.fail(f"{phase.flavor}: the TERM fault's own request did not finish")
 
 
 def watch(servers, phase, stop, sample_every):
@@ -468,14 +471,17 @@ def same_server(phase, rid, pids_and_more):
 SECOND_LOOK_WITHIN = 0.5    # from what woke the arbiter to the SIGKILL it sent, as seen
 
 
-def second_look(phase, pid):
+def second_look(phase, pid, began):
     """Did the arbiter look again right after its SIGABRT to ``pid`` (and SIGKILL it)?
 
     It looks at every signal it gets: another of its workers' exit, or one the
     soak sent it (see ``soak_rules.aborted_by_the_arbiter``).  A HUP's reload
     waits up to the graceful timeout for the old workers without looking
     (Gunicorn 27): the exits it saw meanwhile wake the arbiter again as the
-    reload ends, right after it looked (and sent its SIGABRT) once.
+    reload ends, right after its first look, which sends the SIGABRT to a
+    worker that went stale during the reload: its request (``began``) started
+    less than --timeout before the HUP (a worker's heartbeat comes just before
+    it takes a request), so no earlier look can have aborted it.
     """
     died = phase.died.get(pid)
     if phase.how.get(pid) != "aborted, then SIGKILL" or died is None:
@@ -485,6 +491,7 @@ def second_look(phase, pid):
              if other != pid and (other in phase.sentinel) == sentinel]
     woke = exits + [f.at for f in phase.faults if f.name in ("TTIN", "TTOU") and not sentinel]
     woke += [f.at + rules.GRACEFUL for f in phase.faults if f.name == "HUP" and not sentinel
+             and began > f.at - rules.TIMEOUT
              and any(f.at <= at <= f.at + rules.GRACEFUL + WATCH_EVERY for at in exits)]
     return any(died - SECOND_LOOK_WITHIN - WATCH_EVERY <= at <= died + WATCH_EVERY
                for at in woke)
@@ -505,7 +512,7 @@ def owed_deaths(phase, ran_on):
                                    and not ended_by(phase, ran_on, r, died)):
             why = ("lived on" if pid not in phase.deaths else
                    f"died {died - r.end:+.2f} s after the answer")
-        elif expect.second_look and not second_look(phase, pid):
+        elif expect.second_look and not second_look(phase, pid, r.began):
             why = (f"ended ({phase.how.get(pid)}) with no second look of the arbiter "
                    f"right after its SIGABRT")
         else:
@@ -752,9 +759,11 @@ def never_happened(phase):
     if not any(f.in_section for f in phase.faults):
         missing.append("SIGTERM of a worker running a section")
     # A closed connection is allowed where the arbiter's SIGKILL may come first: but
-    # never every time (the 504 is what the worker owes its client).  Requests a fault
-    # ended (collateral) say nothing about that.
+    # never every time (the 504 is what the worker owes its client).  Requests ended by
+    # their worker's death of another cause (collateral) say nothing about that.
     for kind in ("hang_busy", "hang_wait", "cap_busy"):
+        if kind not in rules.kinds_for(phase.flavor):
+            continue
         own = [r for r in phase.results if r.kind == kind and r.verdict != "collateral"]
         if own and any(e.outcome == "504" for e in rules.KINDS[kind][2][phase.flavor]) and \
                 not any(r.outcome == "504" for r in own):

@@ -210,13 +210,19 @@ def test_exits_during_a_hups_reload_make_a_second_look_as_it_ends(soak):
     # Gunicorn 27's reload waits up to --graceful-timeout for the old workers without
     # looking; the exits it saw are handled as it ends, right after its SIGABRT.
     killed = "WORKER TIMEOUT (pid:7)\nWorker (pid:7) was sent SIGKILL!"
-    for hup_at, explained in [(0.2, True), (None, False), (1.5, False)]:
+    for hup_at, other_left, began, explained in [
+            (0.2, 1.0, 0.0, True),            # 8 left at 1.0, during the reload
+            (None, 1.0, 0.0, False),
+            (1.5, 1.0, 0.0, False),           # 8 left before the HUP
+            (0.2, None, 0.0, False),          # nothing left during the reload
+            (0.2, 1.0, -2.5, False)]:         # 7 was stale, so aborted, before the HUP
         faults = [] if hup_at is None else [soak.Fault(hup_at, "HUP", workers=(7, 8))]
+        died = {7: 2.3} if other_left is None else {7: 2.3, 8: other_left}
         phase = phase_with(soak, "sync", faults=faults, results=[hang(soak, 2.3, "closed")],
-                           died={7: 2.3, 8: 1.0}, log=killed)    # 8 left at 1.0, in the reload
-        soak.judge(phase, {"r1": 7}, {"r1": 0.0})
+                           died=died, log=killed)
+        soak.judge(phase, {"r1": 7}, {"r1": began})
         unexpected = [why for why, _ in phase.unexpected if "second look" in why]
-        assert (not unexpected) == explained, hup_at
+        assert (not unexpected) == explained, (hup_at, other_left, began)
 
 
 def test_a_graceful_stop_excuses_its_504_when_something_else_ended_the_worker(soak):
@@ -224,7 +230,15 @@ def test_a_graceful_stop_excuses_its_504_when_something_else_ended_the_worker(so
     # arbiter's abort for a neighbour outside sections ends the worker (gevent).
     graceful = "Gateway Timeout: section 'soak long' ran past the graceful timeout after SIGTERM"
     aborted = "WORKER TIMEOUT (pid:7)\nWorker (pid:7) exited with code 1."
-    for faults, excused in [([soak.Fault(10.0, "HUP", workers=(7,))], True), ([], False)]:
+    for faults, excused in [
+            ([soak.Fault(10.0, "HUP", workers=(7,))], True),
+            ([soak.Fault(10.0, "TERM", target=7, workers=(7, 8))], True),
+            ([soak.Fault(10.0, "TTOU", workers=(7, 8), oldest=(7,))], True),
+            ([], False),
+            ([soak.Fault(10.0, "HUP", workers=(8,))], False),     # not aimed at it
+            ([soak.Fault(10.0, "TERM", target=8, workers=(7, 8))], False),
+            ([soak.Fault(10.0, "TTOU", workers=(7, 8), oldest=(7, 8))], False),   # maybe 8
+            ([soak.Fault(12.5, "HUP", workers=(7,))], False)]:    # after its death
         r = soak.Result("long", "r1", start=9.0, end=11.9, outcome="504", body=graceful)
         neighbour = soak.Result("hang_busy", "r2", start=9.9, end=12.0, outcome="504",
                                 body="Gateway Timeout: the request ran longer than --timeout")
@@ -233,6 +247,21 @@ def test_a_graceful_stop_excuses_its_504_when_something_else_ended_the_worker(so
         soak.judge(phase, {"r1": 7, "r2": 7}, {"r1": 9.0, "r2": 9.9})
         assert neighbour.verdict == "expected", neighbour.verdict
         assert (r.verdict == "collateral") == excused, faults
+
+
+def test_a_504_owed_by_a_hang_is_looked_for_among_the_requests_no_death_of_another_cause_ended(soak):
+    def phase_of(*outcomes):
+        results = [soak.Result("hang_busy", f"r{n}", 0.0, outcome=outcome, verdict=verdict)
+                   for n, (outcome, verdict) in enumerate(outcomes)]
+        return phase_with(soak, "sync", results=results)
+
+    def missing(phase):
+        return "a 504 for hang_busy" in soak.never_happened(phase)
+
+    assert not missing(phase_of(("504", "expected"), ("closed", "expected")))
+    assert missing(phase_of(("closed", "expected"), ("closed", "expected")))
+    assert not missing(phase_of(("closed", "collateral"), ("closed", "collateral")))
+    assert missing(phase_of(("504", "collateral"), ("closed", "expected")))
 
 
 def test_a_504_is_collateral_only_of_a_graceful_stop_at_its_limit_and_must_say_so(soak):
