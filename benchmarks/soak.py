@@ -239,19 +239,24 @@ def in_sections(srv, phase, journal_path, wait=2.0):
     """Workers running a section within its cap now.
 
     Waits up to ``wait`` s for the clients to start one, then sends one itself (a
-    ``long`` request, judged like the clients'), so that every run, however short,
-    stops a worker in the middle of a section at least once (the workers there
-    may be retiring: it may be served by one that has just booted).
+    ``long`` request, judged like the clients') and waits for it, so that every
+    run, however short, stops a worker in the middle of a section at least once
+    (the workers there may be retiring: it may be served by one just booted).
     """
+    busy = running_sections(srv, phase, journal_path, wait)
+    if not busy:
+        helper = threading.Thread(target=one_request, daemon=True, args=(
+            srv, phase, "long", f"{phase.flavor}-term-{len(phase.faults)}"))
+        helper.start()
+        phase.helpers.append(helper)
+        busy = running_sections(srv, phase, journal_path, 2 * wait + rules.LONG / 2)
+    return busy
+
+
+def running_sections(srv, phase, journal_path, wait):
+    """The live workers running a section within its cap, once one does (or after ``wait`` s)."""
     until = time.monotonic() + wait
-    sent = False
     while True:
-        if not sent and time.monotonic() > until:
-            sent, until = True, time.monotonic() + 2 * wait + rules.LONG / 2
-            helper = threading.Thread(target=one_request, daemon=True, args=(
-                srv, phase, "long", f"{phase.flavor}-term-{len(phase.faults)}"))
-            helper.start()
-            phase.helpers.append(helper)
         running = journal(journal_path)
         busy = [running.get(rid, (None,))[0] for rid, kind in list(phase.inflight.items())
                 if kind in ("long", "cpu", "gil")]
