@@ -109,7 +109,7 @@ class Guard:
 
     def step(self, now):
         reg = self.registry
-        with reg.region(LOCK_WAIT) as held:
+        with reg.region(self.lock_wait()) as held:
             self.check_lock(held)
             if held:
                 reg.apply_limit()
@@ -240,7 +240,9 @@ class Guard:
         return due
 
     def lock_wait(self):
-        """How long a step waits for the lock: not again in a step that found it frozen."""
+        """How long a region of the guard's waits for the lock: once a step found the
+        serving thread frozen, no longer (a try, until a step gets it), so that every
+        deadline is acted on in time while it stays frozen."""
         return 0 if self.frozen else LOCK_WAIT
 
     def check_lock(self, held):

@@ -3,6 +3,11 @@ import pytest
 from tests.gunicorn_server import Server
 
 
+def pytest_collection_modifyitems(items):
+    """The tests marked ``slow`` (10 s or more) first: run in parallel, none starts last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)   # stable
+
+
 @pytest.fixture
 def server(tmp_path):
     """Factory: ``server(timeout=2, env={...})`` starts a real Gunicorn; all are stopped at teardown."""

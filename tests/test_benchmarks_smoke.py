@@ -24,6 +24,7 @@ SCRIPTS = {   # script: a column of the table it prints
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_benchmark_runs_quick(script):
     if script == "throughput.py" and shutil.which("wrk") is None:

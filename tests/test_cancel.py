@@ -76,6 +76,7 @@ def test_a_section_past_its_cap_is_cancelled_and_the_worker_lives(start, path, n
     assert "WORKER TIMEOUT" not in log and "aborting worker" not in log
 
 
+@pytest.mark.slow
 def test_a_cancellation_never_lands_inside_heartworkers_own_updates(start):
     srv = start()
     pid = srv.get("/pid").text

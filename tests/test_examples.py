@@ -26,6 +26,7 @@ def check_example(srv, hang_ends_with):
     assert hang_ends_with(status) and took < TIMEOUT + 1 + 2 + MARGIN, (status, took)
 
 
+@pytest.mark.slow
 def test_the_flask_example(server):
     pytest.importorskip("flask")
     srv = server(program="heartworker", worker=None, app="flask_app:app", env=SLOW_LOAD,
@@ -35,6 +36,7 @@ def test_the_flask_example(server):
     assert "request ran longer than --timeout" in srv.log()
 
 
+@pytest.mark.slow
 def test_the_django_project_with_the_threaded_worker(server):
     pytest.importorskip("django")
     srv = server(program="heartworker", worker="heartworker.ThreadWorker",
@@ -50,6 +52,7 @@ def test_the_django_project_with_the_threaded_worker(server):
     assert srv.get("/quick").status_code == 200, "a new worker serves"
 
 
+@pytest.mark.slow
 def test_the_demo_shows_what_the_readme_says():
     # The README's first command (examples/demo.sh runs examples/demo.py in .venv).
     done = subprocess.run([sys.executable, os.path.join("examples", "demo.py")], cwd=ROOT,

@@ -5,6 +5,8 @@ import re
 import signal
 import time
 
+import pytest
+
 from tests.test_cancel import assert_truncated_stream, raw_get
 from tests.timing import in_background, killed, timed_get
 
@@ -88,6 +90,7 @@ def test_a_gil_held_kill_prints_the_stack_once_through_gunicorns_logger(every_wo
 
 
 # -- the client's answer to each kind of ending (README: "What the client sees") ----------------
+@pytest.mark.slow
 def test_sync_answers_an_ended_request_with_504_or_a_truncated_stream(server):
     srv = server(timeout=TIMEOUT)
     assert srv.get("/hang").status_code == 504
@@ -97,6 +100,7 @@ def test_sync_answers_an_ended_request_with_504_or_a_truncated_stream(server):
     assert raw_get(srv, "/gil?s=20", timeout=30) == b""   # killed with the GIL held: no answer
 
 
+@pytest.mark.slow
 def test_gevent_never_ends_a_request_that_waits_outside_sections(gevent_server):
     srv = gevent_server(timeout=TIMEOUT)
     status, took = timed_get(srv, "/sleep?s=5")

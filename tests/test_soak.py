@@ -18,6 +18,7 @@ from tests.gunicorn_server import ROOT
 pytest.importorskip("gevent", reason="the soak runs the gevent worker too")
 
 
+@pytest.mark.slow
 def test_a_quick_soak_finds_nothing_unexpected():
     done = subprocess.run([sys.executable, os.path.join("benchmarks", "soak.py"), "--quick"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)

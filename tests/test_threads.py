@@ -117,6 +117,7 @@ def test_a_gil_holding_call_inside_a_section_survives_and_outside_is_killed(thre
     assert killed(status) and took < TIMEOUT + 1 + MARGIN, "stock: the main loop is stuck too"
 
 
+@pytest.mark.slow
 def test_gil_holds_that_keep_the_main_loop_silent_do_not_withdraw_the_standing_vouch(threaded):
     # Each hold keeps the main loop from notifying for longer than LOOP_EVERY; the
     # guard, running first when the GIL comes free, took the loop for stuck and wrote
@@ -161,6 +162,7 @@ def test_a_cancellation_never_leaves_a_lock_of_the_standard_library_held(threade
     assert srv.get("/pid", timeout=5).text == pid and "retiring" not in srv.log()
 
 
+@pytest.mark.slow
 def test_retiring_lets_a_request_longer_than_timeout_finish(threaded):
     # --graceful-timeout longer than --timeout: the worker is still vouched for while it
     # waits for its other requests (Gunicorn 23's wait does not notify the arbiter).

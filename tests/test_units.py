@@ -306,6 +306,45 @@ def test_a_gil_hold_in_a_request_threads_section_that_silences_the_main_loop_kee
         assert reg.heartbeat.writes[-1] == max(now, reg.standing)
 
 
+def test_a_frozen_serving_thread_costs_the_guard_one_lock_wait_not_one_per_step():
+    # Every step waited LOCK_WAIT for the lock that the frozen thread holds, so each
+    # deadline (the cap, then the grace's abort) was acted on up to 1 s late: a frozen
+    # gevent worker's client got its 504 at cap + 3 s, not cap + 1 s (found when the
+    # suite first ran in parallel).
+    import logging
+
+    from heartworker.flavor import SyncFlavor
+    from heartworker.guard import Guard
+    from heartworker.registry import LOCK_WAIT
+    reg = make_registry()
+    guard = Guard(reg, SyncFlavor(), tick=0.5, ppid=os.getppid(), log=logging.getLogger("t"))
+    section = reg.enter("outer", 60.0, sys._getframe())
+    frozen, thaw = threading.Event(), threading.Event()
+
+    def frozen_in_an_update():          # holds the registry's lock, as a frozen region does
+        with reg.lock:
+            frozen.set()
+            thaw.wait(30)
+
+    threading.Thread(target=frozen_in_an_update, daemon=True).start()
+    frozen.wait(5)
+    try:
+        started = time.monotonic()
+        guard.step(started)
+        assert guard.frozen and time.monotonic() - started >= LOCK_WAIT * 0.9, "found frozen"
+        for _ in range(3):
+            started = time.monotonic()
+            guard.step(started)
+            assert time.monotonic() - started < LOCK_WAIT / 4, "a later step only tries"
+    finally:
+        thaw.set()
+    deadline = time.monotonic() + 5
+    while guard.frozen and time.monotonic() < deadline:
+        guard.step(time.monotonic())
+    assert not guard.frozen, "a step that gets the lock again sees the thread thawed"
+    reg.exit(section)
+
+
 # -- long_section -----------------------------------------------------------------
 def test_long_section_is_a_noop_outside_a_worker():
     with long_section("nothing") as s:
