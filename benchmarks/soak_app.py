@@ -17,27 +17,37 @@ from heartworker import long_section
 JOURNAL = os.environ.get("SOAK_JOURNAL")
 
 
-def journal(rid):
-    """Append ``rid pid monotonic`` (one write on an O_APPEND file: lines never interleave)."""
+def journal(rid, held=None):
+    """Append ``rid pid monotonic`` (one write on an O_APPEND file: lines never interleave);
+    with ``held``, the seconds a GIL hold of the request took, as a fourth field."""
     if JOURNAL and rid:
+        line = f"{rid} {os.getpid()} {time.monotonic()!r}" + ("" if held is None else f" {held!r}")
         fd = os.open(JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, f"{rid} {os.getpid()} {time.monotonic()!r}\n".encode())
+            os.write(fd, (line + "\n").encode())
         finally:
             os.close(fd)
 
 
-def hold_gil_for(seconds):
-    """Hold the GIL in one C call for about ``seconds`` (``sum(range(n))`` never releases it).
+def hold_gil_for(seconds, rid=None):
+    """Hold the GIL in one C call for about ``seconds`` (``sum(range(n))`` never releases it);
+    journal how long the call really took (request ``rid``).
 
     ``n`` comes from a measure taken now: this machine's speed under the soak's own load.
+    On a busy machine the call itself gets less of a core and takes longer (4 times as
+    long, seen while the test suite ran beside the soak), so its length is measured too.
     """
     n, took = 300_000, []
     for _ in range(3):          # the fastest of three: a measure the scheduler cut into is slow
         t = time.perf_counter()
         sum(range(n))
         took.append(time.perf_counter() - t)
-    sum(range(int(seconds * n / min(took))))
+    n = int(seconds * n / min(took))
+    began = time.monotonic()
+    try:
+        sum(range(n))
+    finally:        # (a cancellation waiting for the call lands at its first bytecode after)
+        journal(rid, held=time.monotonic() - began)
 
 
 def busy(seconds):
@@ -50,7 +60,7 @@ def busy(seconds):
 FOREVER = 3600
 
 
-def route(path, s, cap):
+def route(path, s, cap, rid=None):
     if path == "/fast":
         pass
     elif path == "/long":                      # waits inside a section, within its cap
@@ -61,7 +71,7 @@ def route(path, s, cap):
             busy(s)
     elif path == "/gil":                       # C code holding the GIL inside a section
         with long_section("soak gil", cap=cap):
-            hold_gil_for(s)
+            hold_gil_for(s, rid)
     elif path == "/cap_wait":                  # waits past its cap
         with long_section("soak cap_wait", cap=cap):
             time.sleep(FOREVER)
@@ -84,11 +94,12 @@ def route(path, s, cap):
 
 
 def app(environ, start_response):
-    journal(environ.get("HTTP_X_SOAK_ID"))
+    rid = environ.get("HTTP_X_SOAK_ID")
+    journal(rid)
     q = parse_qs(environ.get("QUERY_STRING", ""))
     s = float(q.get("s", ["0"])[0])
     cap = float(q.get("cap", ["60"])[0])
-    status, body = route(environ.get("PATH_INFO", "/"), s, cap)
+    status, body = route(environ.get("PATH_INFO", "/"), s, cap, rid)
     start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 

@@ -44,13 +44,31 @@ class GeventFlavor:
         another greenlet blocks the hub (its exception is thrown from the hub):
         its grace has not really begun.  That wait is bounded: the blocking
         greenlet is inside its own section (ended at its deadline) or is killed
-        at ``--timeout``.  Once the hub is free, the throw runs at once.
+        at ``--timeout``.  Once the hub is free, the throw runs at once.  "Free"
+        means a probe posted *after* the section's first throw has been answered:
+        the hub runs its callbacks in order, so that throw has run by then (and,
+        if it was not delivered, found the greenlet mid-update; the throws sent
+        again every ``RESEND`` do not put it off).  A probe posted before it may be
+        answered a moment before the throw runs: the guard, looking in between,
+        aborted the worker (found when the suite first ran in parallel).
         """
-        return running or section.delivered or self.probe_seen >= self.probe_sent
+        return running or section.delivered or (
+            self.probe_seen >= self.probe_sent
+            and self.probe_posted > self.first_throw.get(section, 0))
 
     def __init__(self, hub):
         self.loop = hub.loop
         self.probe_sent = self.probe_seen = -float("inf")
+        # Callbacks posted to the hub (they run in order) are numbered: the latest
+        # probe's, and each cancelled section's first throw.  The guard alone posts them.
+        self.posted = self.probe_posted = 0
+        self.first_throw = {}       # section -> the number of its first throw
+
+    def post(self, callback, *args):
+        """Post ``callback(*args)`` to the hub's loop; return its number."""
+        self.posted += 1
+        self.loop.run_callback_threadsafe(callback, *args)
+        return self.posted
 
     # -- is the hub free? (called from the guard thread) ------------------------
     # (``frame``, the main thread's, is the running greenlet's: as the sync worker's)
@@ -61,7 +79,7 @@ class GeventFlavor:
         if seen < self.probe_sent:
             return None                     # the last probe is still waiting: hub blocked
         self.probe_sent = now
-        self.loop.run_callback_threadsafe(self._answer)
+        self.probe_posted = self.post(self._answer)
         return seen
 
     def _answer(self):                      # runs in the hub
@@ -79,7 +97,10 @@ class GeventFlavor:
         if running:                         # it blocks the hub: interrupt it where it runs
             guard.signal_serving_thread()
         else:
-            self.loop.run_callback_threadsafe(self._cancel, guard, section.owner)
+            number = self.post(self._cancel, guard, section.owner)
+            for done in [s for s in self.first_throw if s.closed]:
+                del self.first_throw[done]
+            self.first_throw.setdefault(section, number)
 
     @staticmethod
     def _cancel(guard, owner):              # runs in the hub

@@ -8,9 +8,22 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)   # stable
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Note on the test item whether its call failed (``server`` shows its logs then)."""
+    report = (yield).get_result()
+    if report.when == "call" and report.failed:
+        item.heartworker_failed = True
+
+
 @pytest.fixture
-def server(tmp_path):
-    """Factory: ``server(timeout=2, env={...})`` starts a real Gunicorn; all are stopped at teardown."""
+def server(request, tmp_path):
+    """Factory: ``server(timeout=2, env={...})`` starts a real Gunicorn; all are stopped at teardown.
+
+    When the test fails, each server's log is printed at teardown (pytest shows it
+    under "Captured stdout teardown"): an assertion that did not show it still
+    leaves the server's side of the story in the report.
+    """
     started = []
 
     def start(*, ready=True, **kwargs):
@@ -21,6 +34,11 @@ def server(tmp_path):
     yield start
     for srv in started:
         srv.stop()
+    if getattr(request.node, "heartworker_failed", False):
+        for srv in started:
+            if srv.proc is not None:      # (started: its log exists)
+                print(f"--- the log of {srv.worker or srv.program} on port {srv.port} ---")
+                print(srv.log())
 
 
 WORKERS = ["heartworker.SyncWorker",

@@ -345,6 +345,50 @@ def test_a_frozen_serving_thread_costs_the_guard_one_lock_wait_not_one_per_step(
     reg.exit(section)
 
 
+def test_a_waiting_greenlets_grace_begins_only_once_the_hub_ran_its_throw():
+    # The hub runs its callbacks in order.  A probe posted before the throw could be
+    # answered a moment before the throw ran; the guard, looking in between, took the
+    # hub for free and the throw for not taken, and aborted the worker (found when the
+    # suite first ran in parallel: a greenlet blocked the hub past the waiting one's grace).
+    pytest.importorskip("gevent")
+    from heartworker.ggevent import GeventFlavor
+
+    class Loop:                 # the hub's loop, run by hand: callbacks in order
+        def __init__(self):
+            self.callbacks = []
+
+        def run_callback_threadsafe(self, callback, *args):
+            self.callbacks.append((callback, args))
+
+        def run_one(self):
+            callback, args = self.callbacks.pop(0)
+            if callback.__name__ == "_answer":   # (a throw needs a greenlet: not run here)
+                callback(*args)
+
+    class Hub:
+        loop = Loop()
+
+    flavor = GeventFlavor(Hub())
+    loop = Hub.loop
+    waiting = make_registry().enter("upstream", 1.0, sys._getframe())   # any section
+    waiting.delivered = False
+    assert flavor.loop_seen(time.monotonic()) is not None    # hub free so far: a probe goes out
+    flavor.interrupt(guard=None, section=waiting, running=False)   # at its cap: a throw
+    assert flavor.loop_seen(time.monotonic()) is None        # the probe waits: the hub is blocked
+    assert not flavor.escalates(waiting, running=False)
+    loop.run_one()                              # the hub is free again: the probe first
+    assert not flavor.escalates(waiting, running=False), "the throw has not run yet"
+    loop.run_one()                              # the throw (not delivered: mid-update)
+    flavor.interrupt(guard=None, section=waiting, running=False)   # sent again (RESEND)
+    assert flavor.loop_seen(time.monotonic()) is not None    # a probe posted after it ...
+    assert not flavor.escalates(waiting, running=False)
+    loop.run_one()
+    loop.run_one()                              # ... answered: the hub ran the throw
+    assert flavor.escalates(waiting, running=False)
+    flavor.interrupt(guard=None, section=waiting, running=False)
+    assert flavor.escalates(waiting, running=False), "sent again: the grace goes on"
+
+
 # -- long_section -----------------------------------------------------------------
 def test_long_section_is_a_noop_outside_a_worker():
     with long_section("nothing") as s:

@@ -52,8 +52,14 @@ class StatsdListener:
 
     def wait_for(self, *wanted):
         """Receive until every one of ``wanted`` (bytes) was seen; return all packets."""
+        import socket
         while not all(w in self.packets for w in wanted):
-            self.packets += self.sock.recv(4096) + b"\n"
+            try:
+                self.packets += self.sock.recv(4096) + b"\n"
+            except socket.timeout:
+                missing = [w for w in wanted if w not in self.packets]
+                raise AssertionError(f"statsd: no {missing} after {self.sock.gettimeout()} s; "
+                                     f"received {self.packets!r}") from None
         return self.packets
 
     def __enter__(self):
