@@ -131,7 +131,7 @@ def verdict(ok):
 
 # -- output --------------------------------------------------------------------------
 def table(headers, rows):
-    """Print a Markdown table (so results paste straight into README.md)."""
+    """Print a Markdown table (so results paste straight into benchmarks/README.md)."""
     rows = [[str(cell) for cell in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]

@@ -1,8 +1,8 @@
-"""What the README promises for each kind of soak request: where the soak's verdicts come from.
+"""What docs/semantics.md promises each kind of soak request: where the soak's verdicts come from.
 
 A *kind* is a request the soak sends (a route of ``benchmarks/soak_app.py``).
 For each worker class, ``expected(kind, flavor)`` lists the outcomes the
-README's semantics allow, each with its bounds:
+semantics (docs/semantics.md) allow, each with its bounds:
 
 * ``200``: the request must survive (fast, or long work inside a section within
   its cap, a C call holding the GIL included);
@@ -105,7 +105,7 @@ def aborted_by_the_arbiter():
     The arbiter looks for stale workers again at every signal it gets (a
     worker's exit, a signal the soak sends it): if one comes right after its
     SIGABRT, the SIGKILL may come before the worker has run its SIGABRT
-    handler (see the README's Limits).  Stock Gunicorn does the same.  So a
+    handler (see docs/operating.md, Limits).  Stock Gunicorn does the same.  So a
     closed connection needs such a second look (``second_look``) and a SIGKILL.
     Times count from the last heartbeat, up to --timeout / 2 before the
     request began.

@@ -228,7 +228,7 @@ def test_the_504_at_timeout_is_answered_while_the_arbiter_looks_again_at_once(st
 
     def wake_the_arbiter():
         # From 0.1 s after its SIGABRT (time for the worker to start its handler: a
-        # SIGKILL before that is the limit the README states), every 0.1 s: each
+        # SIGKILL before that is a limit docs/operating.md states), every 0.1 s: each
         # signal makes it look again while the hook still runs.  Not before: Gunicorn
         # 22 and 23 look twice in a row at every signal, SIGABRT then SIGKILL at once.
         while not srv.wait_for_log("WORKER TIMEOUT", timeout=0.1):

@@ -89,7 +89,7 @@ def test_a_gil_held_kill_prints_the_stack_once_through_gunicorns_logger(every_wo
     assert len(re.findall(r"line \d+ in hold_gil", log)) == 1, log
 
 
-# -- the client's answer to each kind of ending (README: "What the client sees") ----------------
+# -- the client's answer to each ending (docs/operating.md: "What the log and the client show") --
 @pytest.mark.slow
 def test_sync_answers_an_ended_request_with_504_or_a_truncated_stream(server):
     srv = server(timeout=TIMEOUT)
