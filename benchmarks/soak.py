@@ -211,7 +211,7 @@ def journal(path):
 
 def gil_holds(path):
     """{request id: seconds its C call held the GIL} (from soak_app: a hold that ended)."""
-    return {rid: float(held) for rid, _, _, *held in journal_lines(path) if held}
+    return {rid: float(held[0]) for rid, _, _, *held in journal_lines(path) if held}
 
 
 # -- faults and samples ----------------------------------------------------------------------

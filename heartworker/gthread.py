@@ -40,7 +40,8 @@ import gunicorn
 from gunicorn.workers import gthread
 
 from . import native
-from .registry import INF, LOCK_WAIT
+from .deadline import INF
+from .regions import LOCK_WAIT
 from .section import SectionCapExceeded
 from .worker import HeartWorkerMixin
 

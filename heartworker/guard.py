@@ -11,7 +11,7 @@ it wakes it
 3. aborts the worker if a cancelled section is still running ``grace``
    seconds later (the backstop: C code holding the GIL, a swallowed
    exception, a C call that does not return on a signal);
-4. applies :func:`heartworker.registry.vouch` to what it sees the serving
+4. applies :func:`heartworker.vouching.vouch` to what it sees the serving
    thread doing.
 
 Cancelling means: log at CRITICAL (section, elapsed, cap, stack), then make
@@ -36,9 +36,10 @@ import sys
 from time import monotonic
 
 from . import native
-from .registry import INF, LOCK_WAIT, Request
-from .report import last_progress
-from .settings import CANCEL_GRACE, STARTUP_CAP, STARTUP_STALL
+from .deadline import INF, Request
+from .messages import Messages
+from .regions import LOCK_WAIT
+from .settings import CANCEL_GRACE
 from .stacks import format_stack
 
 ABORT_GRACE = 1.0
@@ -48,7 +49,7 @@ IDLE_TICK = 1.0
 LONGEST_WAIT = 3600.0
 
 
-class Guard:
+class Guard(Messages):
     def __init__(self, registry, flavor, *, tick, ppid, log, grace=1.0, grace_name=CANCEL_GRACE,
                  aftermath=None, watch=None, graceful=30.0):
         self.registry = registry
@@ -108,6 +109,34 @@ class Guard:
                                "back to stock Gunicorn timeouts (sections no longer vouch)")
 
     def step(self, now):
+        """One look: act on the deadlines that passed, escalate the cancellations that
+        outlived their grace, apply the vouching rule, and set when to look next."""
+        due, earliest, look_at, is_open = self.look(now)
+        if not is_open:
+            self.idle(now)
+            return
+        reg = self.registry
+        if reg.open and os.getppid() != self.ppid:
+            self.abort(f"the arbiter (pid {self.ppid}) is gone while a section is open",
+                       self.current_frame())
+            return
+        frame = self.current_frame()
+        undelivered = self.resend(frame)
+        aborted, cancelled = self.act_on_due(due, frame, now)
+        if aborted or self.escalate_overdue(frame, now):
+            return
+        self.overdue = [(t, s) for t, s in self.overdue if not s.closed]
+        with reg.region(self.lock_wait()) as held:
+            # Looked at in the region: no section can open between the look and the write.
+            loop_seen = self.flavor.loop_seen(now)
+            reg.apply_rule(now, self.flavor.running_inside(reg, frame, loop_seen), loop_seen,
+                           held)
+        self.retiring_vouch(now)
+        reg.next_wake = self.next_look(now, earliest, look_at, undelivered or cancelled)
+
+    def look(self, now):
+        """In a region: (what is due, the earliest open section, when the report wants a
+        look, whether anything is open); the report lines are logged after it."""
         reg = self.registry
         with reg.region(self.lock_wait()) as held:
             self.check_lock(held)
@@ -123,23 +152,30 @@ class Guard:
                 is_open = True
         if self.watch is not None:
             self.watch.emit()                     # outside the region: it logs
-        if not is_open:
-            self.overdue.clear()
-            with reg.region(self.lock_wait()) as held:   # withdraws what the last section left standing
-                reg.apply_rule(now, False, None, held)
-            self.retiring_vouch(now)
-            reg.next_wake = now + IDLE_TICK
-            return
-        if reg.open and os.getppid() != self.ppid:
-            self.abort(f"the arbiter (pid {self.ppid}) is gone while a section is open",
-                       self.current_frame())
-            return
-        frame = self.current_frame()
+        return due, earliest, look_at, is_open
+
+    def idle(self, now):
+        """Nothing open: withdraw what the last section left standing; look again later."""
+        reg = self.registry
+        self.overdue.clear()
+        with reg.region(self.lock_wait()) as held:
+            reg.apply_rule(now, False, None, held)
+        self.retiring_vouch(now)
+        reg.next_wake = now + IDLE_TICK
+
+    def resend(self, frame):
+        """Interrupt again each cancelled section still running; return whether any is."""
         undelivered = False
         for _, section in self.overdue:
             if section.why is not None and not section.delivered and not section.closed:
                 undelivered = True     # still running: signal again (see take_cancellation)
-                self.flavor.interrupt(self, section, reg.inside_section(frame, section))
+                self.flavor.interrupt(self, section,
+                                      self.registry.inside_section(frame, section))
+        return undelivered
+
+    def act_on_due(self, due, frame, now):
+        """Cancel (or abort for) each section past its deadline: (aborted, cancelled any)."""
+        reg, cancelled = self.registry, False
         for section, innermost in due:
             target = self.live_one(frame, innermost, section, now)
             if target is None:
@@ -160,43 +196,43 @@ class Guard:
                 self.count("heartworker.stall")
             if not target.cancel:
                 if self.escalate(message + " (the section has cancel=False)", where, target):
-                    return
+                    return True, cancelled
                 continue
             if self.startup is not None and not self.startup.closed:
                 # No request to end yet, and Gunicorn's boot code above the app's would
                 # not expect an exception: during startup a deadline aborts, as it did.
                 self.abort(message, where, target)
-                return
-            for cancelled in (target, section) if target is not section else (target,):
-                cancelled.why = message.replace("heartworker: ", "", 1)
-                self.overdue.append((now + self.grace, cancelled))   # `grace` to end
+                return True, cancelled
+            for ended in (target, section) if target is not section else (target,):
+                ended.why = message.replace("heartworker: ", "", 1)
+                self.overdue.append((now + self.grace, ended))   # `grace` to end
             self.cancel(target, message, where, running)
-            undelivered = True
+            cancelled = True
+        return False, cancelled
+
+    def escalate_overdue(self, frame, now):
+        """Escalate each cancelled section still running past its grace; True if aborted."""
         for escalate_at, section in self.overdue:
             if section.closed or escalate_at > now or \
                     section.delivered and section.delivered + self.grace > now:
                 continue          # (the grace counts from the send, or from the delivery)
-            running = reg.inside_section(frame, section)
+            running = self.registry.inside_section(frame, section)
             if self.flavor.escalates(section, running):
                 if self.escalate(self.overdue_message(section, escalate_at - self.grace, now),
                                  frame if running else self.flavor.frame_of(section), section):
-                    return
-        self.overdue = [(t, s) for t, s in self.overdue if not s.closed]
-        with reg.region(self.lock_wait()) as held:
-            # Looked at in the region: no section can open between the look and the write.
-            loop_seen = self.flavor.loop_seen(now)
-            reg.apply_rule(now, self.flavor.running_inside(reg, frame, loop_seen), loop_seen,
-                           held)
-        self.retiring_vouch(now)
+                    return True
+        return False
+
+    def next_look(self, now, earliest, look_at, undelivered):
+        """When to look next: the earliest deadline, grace or report, within a tick."""
         wake = now + self.tick
         if earliest is not None:
-            wake = min(wake, reg.deadline_of(earliest))
+            wake = min(wake, self.registry.deadline_of(earliest))
         for escalate_at, section in self.overdue:
             wake = min(wake, max(escalate_at, (section.delivered or 0) + self.grace))
         if undelivered:
             wake = min(wake, now + RESEND)
-        wake = min(wake, look_at)
-        reg.next_wake = wake
+        return min(wake, look_at)
 
     def live_one(self, frame, innermost, section, now):
         """The section to end at this deadline: the innermost one whose code still runs.
@@ -264,67 +300,7 @@ class Guard:
     def current_frame(self):
         return sys._current_frames().get(self.registry.tid)
 
-    # -- messages and the abort ------------------------------------------------
-    def deadline_message(self, section, due, now):
-        """The CRITICAL line's first part: ``section`` ends because ``due``'s deadline passed.
-
-        ``due`` is ``section`` itself, or a section enclosing it.
-        """
-        reg = self.registry
-        elapsed = max(0.0, now - section.started)
-        note = ""
-        if isinstance(section, Request) and reg.limit >= section.deadline:
-            return (f"heartworker: {section.label()} ran longer than --timeout "
-                    f"({section.cap:g} s) outside every section: {elapsed:.2f} s elapsed")
-        if reg.limit < min(due.deadline, due.stall_at):
-            why = "ran past the graceful timeout after SIGTERM"
-        elif reg.stalled(due):
-            quiet = (f"no progress for {now - due.progress_at:.2f} s "
-                     f"(stall limit {due.stall:g} s; {last_progress(due, now)})")
-            why = (f"made {quiet}" if due is section else
-                   f"is in section {due.describe()}, which made {quiet}")
-            if due is self.startup:
-                note = self.startup_note(STARTUP_STALL, due.stall)
-        else:
-            bound = section.bound or (due if due is not section else None)
-            if bound is not None:
-                why = (f"ran past the deadline of its enclosing section {bound.describe()} "
-                       f"(cap {bound.cap:g} s)")
-            else:
-                why = "ran past its cap"
-            if (bound or section) is self.startup:
-                note = self.startup_note(STARTUP_CAP, self.startup.cap)   # too small, or a hang
-        return (f"heartworker: {section.label()} {why}: "
-                f"{elapsed:.2f} s elapsed, cap {section.cap:g} s{note}")
-
-    def overdue_message(self, section, cancelled_at, now):
-        bound = section.bound
-        deadline = "" if bound is None else (f"; the deadline of its enclosing section "
-                                             f"{bound.describe()}, cap {bound.cap:g} s")
-        return (f"heartworker: {section.label()} is still running "
-                f"{now - cancelled_at:.2f} s after its deadline "
-                f"({now - section.started:.2f} s elapsed, cap {section.cap:g} s{deadline}) "
-                f"although it was cancelled: the cancellation did not take "
-                f"({self.grace_name}={self.grace:g})")
-
-    def arbiter_cause(self, section, now):
-        """Why the arbiter's abort ended ``section``, found past its deadline (the 504's cause).
-
-        The guard acts at every deadline, so the arbiter finds a section past it
-        only if no Python code could run (C code held the GIL), or if a section
-        that was cancelled ran on, keeping the serving loop from notifying,
-        for ``--timeout`` before the grace was over (a grace longer than that).
-        """
-        if section.why is None:
-            message = self.deadline_message(section, section.bound or section, now)
-            return message.replace("heartworker: ", "", 1) + " while C code held the GIL"
-        late = now - self.registry.deadline_of(section)
-        why = (f"before {self.grace_name}={self.grace:g} was over"
-               if self.grace > self.registry.window else "(C code held the GIL)")
-        return (f"{section.why}; it was cancelled, but was still running {late:.2f} s later: "
-                f"the cancellation did not take, and the arbiter's --timeout "
-                f"({self.registry.window:g} s) ended the worker {why}")
-
+    # -- the abort ---------------------------------------------------------------
     def cancel(self, section, message, frame, running):
         """Log, then have SectionCapExceeded raised in the section's code; the worker lives."""
         self.log.critical("%s; cancelling the %s (SectionCapExceeded; the worker lives "

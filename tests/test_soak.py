@@ -338,3 +338,11 @@ def test_a_gil_hold_within_its_cap_that_a_busy_machine_slowed_is_judged_by_how_l
         phase = phase_with(soak, "sync", results=[late], alive=[7])
         soak.judge(phase, {"g": 7}, {"g": 0.0}, holds)
         assert (not phase.unexpected) == expected, (holds, phase.unexpected)
+
+
+def test_the_journal_gives_each_requests_worker_and_start_and_a_gil_holds_length(soak, tmp_path):
+    path = tmp_path / "journal"
+    path.write_text("r1 7 10.5\ng2 8 11.0\ng2 8 21.9 10.8\n")   # soak_app's two kinds of line
+    assert soak.journal(path) == {"r1": (7, 10.5), "g2": (8, 11.0)}
+    assert soak.gil_holds(path) == {"g2": 10.8}
+    assert soak.journal(tmp_path / "none") == soak.gil_holds(tmp_path / "none") == {}

@@ -13,9 +13,10 @@ from gunicorn.workers.workertmp import WorkerTmp
 
 from heartworker import long_section, native
 from heartworker.heartbeat import Heartbeat, check_protocol
-from heartworker.registry import Registry, vouch
+from heartworker.registry import Registry
 from heartworker.section import activate
 from heartworker.settings import SECTION_CAP, STARTUP_CAP, SettingError, Settings, parse_seconds
+from heartworker.vouching import vouch
 from heartworker.worker import guard_tick
 
 
@@ -315,7 +316,7 @@ def test_a_frozen_serving_thread_costs_the_guard_one_lock_wait_not_one_per_step(
 
     from heartworker.flavor import SyncFlavor
     from heartworker.guard import Guard
-    from heartworker.registry import LOCK_WAIT
+    from heartworker.regions import LOCK_WAIT
     reg = make_registry()
     guard = Guard(reg, SyncFlavor(), tick=0.5, ppid=os.getppid(), log=logging.getLogger("t"))
     section = reg.enter("outer", 60.0, sys._getframe())

@@ -1,0 +1,118 @@
+"""Regions: every update of the open sections runs as one, safe from re-entry.
+
+Python may run application code in the middle of any update: a garbage
+collection can start at any allocation and run finalizers (a generator
+suspended inside a section closes it from its ``__exit__``), and a signal
+handler can run between any two bytecodes.  So the registry's lock is an
+``RLock`` and every update runs as a *region* flagged by ``busy``: a call that
+finds its own thread already inside a region never waits and never touches the
+half-updated state.  A close is queued and done when the region ends
+(``deferred``, as ``weakref.WeakValueDictionary`` defers its removals); an
+entry made there vouches for nothing.  No region drops the last reference to an
+application object (a section's frame is released after its region), and the
+guard never waits for the lock longer than ``LOCK_WAIT`` (see ``guard.py``: a
+serving thread frozen inside a region is treated as stuck).
+"""
+
+LOCK_WAIT = 1.0   # seconds the guard waits for the lock before it treats the holder as stuck
+# heartworker's modules whose code updates or reads the sections (the decorator's
+# wrapper, `in_section`, runs the decorated function: that is the section's code).
+_BOOKKEEPING = frozenset("heartworker." + name for name in (
+    "section", "registry", "store", "queries", "requests", "vouching", "regions", "deadline",
+    "guard", "messages", "heartbeat", "native"))
+
+
+class Regions:
+    """The registry's regions (a part of :class:`~heartworker.registry.Registry`)."""
+
+    # -- regions ---------------------------------------------------------------
+    def region(self, wait=-1):
+        """A region as a context manager: ``with reg.region(LOCK_WAIT) as held:``.
+
+        ``held`` is False if this thread is already in a region (a signal
+        handler or finalizer called back in) or the lock could not be had
+        within ``wait`` seconds; the body then runs without it and must not
+        change the sections.  ``enter`` and ``exit``, the hot path, write the
+        same steps out with ``with self.lock`` instead.
+        """
+        return _Region(self, wait)
+
+    def interruptible(self, frame):
+        """May an exception be raised asynchronously in ``frame``, this thread's code now?
+
+        Not while this thread is in a region (``_is_owned`` is the C ``RLock``'s own
+        test, as ``threading.Condition`` uses), nor anywhere in heartworker's own
+        bookkeeping around one: a section registered but not yet handed to its
+        ``with``, or closed in the books but not in its ``long_section``, would be
+        left open for good.  A cancellation found here waits for the next try.
+        """
+        if self.busy and self.lock._is_owned():
+            return False
+        return not self.in_bookkeeping(frame)
+
+    @staticmethod
+    def in_bookkeeping(frame):
+        """Is ``frame`` (any thread's) in heartworker's own code around a region?"""
+        while frame is not None:
+            module = frame.f_globals.get("__name__", "")
+            if not module.startswith("heartworker."):
+                return False
+            if module in _BOOKKEEPING and frame.f_code.co_name != "in_section":
+                return True
+            frame = frame.f_back
+        return False
+
+    def _end(self):
+        """Close what was deferred and clear ``busy`` (lock held); return what it closed."""
+        try:
+            deferred = self.deferred
+            if not deferred:
+                return ()
+            self.deferred = []
+            for section in deferred:
+                self._close(section)
+            return deferred
+        finally:
+            self.busy = False
+
+
+class _Region:
+    __slots__ = ("registry", "wait", "held")
+
+    def __init__(self, registry, wait):
+        self.registry, self.wait = registry, wait
+
+    def __enter__(self):
+        reg, wait = self.registry, self.wait
+        lock = reg.lock
+        self.held = False
+        if lock.acquire(wait != 0, wait if wait > 0 else -1):
+            if reg.busy:
+                lock.release()
+            else:
+                reg.busy = self.held = True
+        return self.held
+
+    def __exit__(self, *exc):
+        if self.held:
+            reg = self.registry
+            try:
+                done = reg._end()
+            finally:
+                reg.lock.release()
+            if done:
+                release_frames(done)
+        return False
+
+
+def nothing():
+    pass
+
+
+def nothing_at(frame):
+    pass
+
+
+def release_frames(sections):
+    for section in sections:      # outside any region: this may run finalizers
+        section.frame = None

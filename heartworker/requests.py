@@ -1,0 +1,66 @@
+"""The threaded worker's owners: request threads, each one while it serves a request.
+
+Besides the serving (main) thread, a request thread may open sections while it
+serves a request, and its request is itself a deadline (``deadline.Request``):
+``--timeout`` after it was last outside every section.
+"""
+
+from time import monotonic
+
+from .deadline import INF, Request
+from .regions import release_frames
+
+
+class Requests:
+    """The requests in flight (``requests``: thread ident -> Request), a part of the registry."""
+
+    # -- the threaded worker's requests ------------------------------------------
+    def inside_sections(self, owner):
+        """``owner`` opened its first section: its request's deadline is its sections'."""
+        request = self.requests.get(owner)
+        if request is not None:
+            request.deadline = INF
+
+    def outside_sections(self, owner):
+        """``owner`` closed its last section: its request has ``--timeout`` from now."""
+        request = self.requests.get(owner)
+        if request is not None:
+            request.deadline = monotonic() + request.cap
+
+    def request_begins(self, name, frame, cap):
+        """The calling thread serves a request (``frame`` runs it) until request_done."""
+        request = Request(self, name, cap, self.get_ident(), frame, monotonic())
+        with self.region() as held:
+            if held:
+                self.requests[request.owner] = request
+        if request.deadline < self.next_wake:
+            self.ring()
+        return request
+
+    def request_done(self, request, clear):
+        """The calling thread's request is over: no cancellation may reach it from now on.
+
+        Sections it left open are closed; ``clear()`` withdraws a cancellation
+        sent but not raised yet (both in a region, where no other is sent).
+        """
+        with self.region() as held:
+            if not held:
+                return
+            request.closed = True
+            if self.requests.get(request.owner) is request:
+                del self.requests[request.owner]
+            left = list(self.stacks.get(request.owner, ()))
+            for section in reversed(left):
+                self._close(section)
+            clear()
+        if left:
+            release_frames(left)
+
+    def requests_due(self, now):
+        """The requests past their deadline that are not being ended yet (call in a region)."""
+        return [(r, r) for r in self.requests.values()
+                if r.why is None and self.deadline_of(r) <= now]
+
+    def next_request_deadline(self):
+        return min((self.deadline_of(r) for r in self.requests.values() if r.why is None),
+                   default=INF)

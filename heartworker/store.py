@@ -1,0 +1,236 @@
+"""The store of open sections: a stack per owner, and one deadline heap.
+
+Entering and leaving a section is O(log n) for n open sections (a heap push,
+none for a nested section clipped to its enclosing deadline; leaving marks the
+record closed and the heap is compacted when half of it is closed).  Entering
+writes the heartbeat file (one ``utime``) only when what it says does not
+already cover the new deadline; leaving never does.  The guard never scans the
+open sections: it looks at the heap's top and walks the serving thread's stack.
+``enter`` and ``exit`` are the hot path: their regions are written out inline.
+"""
+
+import heapq
+import sys
+from time import monotonic
+
+from .deadline import Section, stall_bound
+from .regions import release_frames
+
+
+class Store:
+    """The open sections of each owner (a part of the registry)."""
+
+    # -- the serving thread (hot path: regions written out inline) -------------------
+    def enter(self, name, cap, frame, started=None, cancel=True, stall=None):
+        """Open a section for the current owner; return it, or None if it is not ours to vouch."""
+        ident = self.get_ident()
+        if not self.enabled or ident != self.tid and ident not in self.requests:
+            return None
+        if cap is None:
+            cap = self.default_cap
+        if started is None:
+            started = monotonic()
+        owner = self.owner() if self.owner is not None else None
+        section = Section(self, name, cap, started + cap, owner, frame, started, cancel, stall)
+        with self.lock:           # `with`, `try`: an exception from a signal handler
+            if self.busy:         # (a finalizer, mid-update on this thread: vouch for nothing)
+                return None       # can never leave the lock held or `busy` set
+            try:
+                self.busy = True
+                if self.pending_limit < self.limit:
+                    self.apply_limit()
+                stacks = self.stacks
+                stack = stacks.get(owner)
+                if not stack:             # (an owner's stack is dropped when it empties)
+                    if stack is None:
+                        stack = stacks[owner] = []
+                    if self.requests:     # (the threaded worker: requests.py)
+                        self.inside_sections(owner)
+                    self._push(section)
+                elif stack[-1].deadline <= section.deadline and (
+                        frame is stack[-1].frame or self.inside_section(frame, stack[-1])):
+                    # Clipped to the enclosing deadline: that section's heap entry stands
+                    # for this one too while it is open (see innermost() and _close()).
+                    # Only a section whose code encloses this one's clips it: not one left
+                    # open in a suspended generator.  One with a stall limit keeps its own
+                    # entry.
+                    enclosing = stack[-1]
+                    section.deadline = enclosing.deadline
+                    section.bound = enclosing.bound or enclosing
+                    if stall is not None:
+                        self._push(section)
+                else:
+                    self._push(section)
+                stack.append(section)
+                key = id(frame)
+                entries = self.entry_frames
+                entries[key] = entries.get(key, 0) + 1
+                self.open += 1
+                deadline = section.deadline
+                if stall is not None:
+                    self.stalls += 1
+                if self.stalls:
+                    deadline = stall_bound(stack, deadline)
+                # The standing vouch: exact with one owner, the latest deadline with
+                # several (another owner's section is open, so a standing vouch exists).
+                self._stand(deadline if len(stacks) == 1 else max(deadline, self.standing))
+            finally:
+                if self.deferred:
+                    done = self._end()
+                else:             # (the usual case, inline)
+                    self.busy = False
+                    done = ()
+        if done:
+            release_frames(done)
+        if section.deadline < self.next_wake or \
+                stall is not None and section.stall_at < self.next_wake:
+            self.ring()
+        return section
+
+    def exit(self, section):
+        """Close ``section`` (normally the innermost of its owner).  Writes nothing."""
+        if not self.enabled:
+            return
+        with self.lock:
+            if self.busy:         # a finalizer, mid-update on this thread: close it at the end
+                self.deferred.append(section)
+                return
+            try:
+                self.busy = True
+                self._close(section)
+            finally:
+                if self.deferred:
+                    done = self._end()
+                else:             # (the usual case, inline)
+                    self.busy = False
+                    done = ()
+        section.frame = None      # outside the region: this may free the caller's locals
+        if done:
+            release_frames(done)
+
+    def drop(self, section, wait):
+        """Close a section left open, for the guard: never waits longer than ``wait``.
+
+        ``exit`` waits for the lock; the guard must not (the serving thread may
+        be frozen holding it).  Without the lock the section stays open: the
+        next step that has the lock drops it.
+        """
+        with self.region(wait) as held:
+            if held:
+                self.deferred.append(section)     # closed by the region's end
+        return held
+
+    def progress(self, note=None, section=None):
+        """Progress for the current owner's sections (or for ``section``'s owner): cheap.
+
+        Progress is recorded per owner (``progressed``), so every open section
+        of the owner counts it (the innermost and the ones enclosing it: their
+        work moves too), and each one's stall deadline moves to now + its
+        ``stall``.  The heap is left as it is (an entry there may only be
+        early; the guard re-files it, see ``earliest``).
+        The standing vouch moves too when a stall limit is what bounds it;
+        the heartbeat file is written at most once, and not at all while
+        what it says already covers the new window.
+        """
+        ident = self.get_ident()
+        if not self.enabled or ident != self.tid and ident not in self.requests:
+            return
+        owner = section.owner if section is not None else (
+            self.owner() if self.owner is not None else None)
+        with self.region() as held:   # (not held: a finalizer or handler, mid-update here)
+            stack = self.stacks.get(owner) if held else None
+            if stack:
+                self.progressed[owner] = (monotonic(), note)
+                if self.stalls:
+                    self._stand(self._standing_after(owner, stack))
+        if self.cancel_waits:     # (frames: this, long_section's or the module's progress)
+            self.land(sys._getframe(2))
+
+    def adopt(self, owner):
+        """Sections are owned by ``owner()`` from now on (None: the serving thread).
+
+        The worker class's flavour is installed after the startup section
+        opened: the serving thread's open sections become the current owner's.
+        """
+        with self.region() as held:
+            if not held:
+                return
+            stack = self.stacks.pop(None, None)
+            current = owner() if owner is not None else None
+            if stack:
+                for section in stack:
+                    section.owner = current
+                self.stacks[current] = stack
+            if None in self.progressed:
+                self.progressed[current] = self.progressed.pop(None)
+            self.owner = owner
+
+    # -- internals (in a region) -------------------------------------------------
+    def _close(self, section):
+        if section.closed:
+            return
+        section.closed = True
+        owner = section.owner
+        stack = self.stacks.get(owner)
+        in_order = bool(stack) and stack[-1] is section
+        if in_order:
+            stack.pop()
+        elif stack:
+            for i, other in enumerate(stack):
+                if other is section:
+                    del stack[i]
+                    # Out of order (a generator resumed after its enclosing `with`
+                    # ended, manual __exit__ calls): the sections above it may have
+                    # been clipped to its deadline with no heap entry of their own.
+                    for above in stack[i:]:
+                        if not above.in_heap:
+                            self._push(above)
+                    break
+        if stack is not None and not stack:
+            del self.stacks[owner]
+            if self.progressed:
+                self.progressed.pop(owner, None)
+            if self.requests:
+                self.outside_sections(owner)
+        key = id(section.frame)
+        entries = self.entry_frames
+        left = entries.get(key, 1) - 1
+        if left:
+            entries[key] = left
+        else:
+            entries.pop(key, None)
+        self.open -= 1
+        if section.stall is not None:
+            self.stalls -= 1
+        if not self.open:
+            # The vouch stands until the next heartbeat or guard step withdraws it.
+            self.heap.clear()
+            self.closed_in_heap = 0
+            self.standing = None
+            self.alive_at = monotonic()
+            return
+        if in_order and not section.in_heap:
+            return    # nested, clipped: the deadlines and the standing vouch are unchanged
+        if section.in_heap:
+            self.closed_in_heap += 1
+            if self.closed_in_heap > 64 and 2 * self.closed_in_heap > len(self.heap):
+                self.heap = [item for item in self.heap if not item[2].closed]
+                heapq.heapify(self.heap)
+                self.closed_in_heap = 0
+        if len(self.stacks) == 1:
+            # One owner left: its innermost deadline is exact again.
+            owner, stack = next(iter(self.stacks.items()))
+            self._stand(self._standing_after(owner, stack))
+
+    def _standing_after(self, owner, stack):
+        """The standing vouch once ``owner``'s ``stack`` changed: see ``enter``."""
+        deadline = stack[-1].deadline
+        if self.stalls:
+            deadline = stall_bound(stack, deadline)
+        return deadline if len(self.stacks) == 1 else max(deadline, self.standing)
+
+    def _push(self, section):
+        self.seq += 1
+        section.in_heap = True
+        key = section.deadline if section.stall is None else min(section.deadline, section.stall_at)
+        heapq.heappush(self.heap, (key, self.seq, section))
