@@ -544,13 +544,21 @@ def blocked_for(phase, r, ran_on, holds):
     others (``soak_rules.BLOCKERS``) on its worker, and for a GIL hold within its cap
     (``gil``), by the machine: the time its C call took past its planned length
     (``holds``: rid -> seconds).  A C call gets less of a core on a busy machine (the
-    test suite runs beside the soak): 2.5 s planned took 10.8 s once, past its cap."""
+    test suite runs beside the soak): 2.5 s planned took 10.8 s once, past its cap.
+
+    Only a hold that ended before the arbiter must have killed its worker (its cap +
+    --timeout + the arbiter's 1 s loop) excuses anything: a longer one answered by the
+    same worker means the worker outlived its vouch.  A neighbour's GIL hold also
+    stretches this one's, so the two are not added: the longer counts."""
     pid = ran_on.get(r.rid)
     if pid is None:
         return 0.0
-    slowed = max(0.0, holds.get(r.rid, rules.LONG) - rules.LONG) if r.kind == "gil" else 0.0
-    return slowed + ran_during(phase, ran_on, pid, rules.BLOCKERS[phase.flavor], r.began,
-                               r.end, besides=r)
+    neighbours = ran_during(phase, ran_on, pid, rules.BLOCKERS[phase.flavor], r.began, r.end,
+                            besides=r)
+    held = holds.get(r.rid, rules.LONG) if r.kind == "gil" else rules.LONG
+    if held > rules.NEIGHBOUR_CAP + rules.TIMEOUT + 1:
+        return neighbours
+    return max(neighbours, held - rules.LONG)
 
 
 def judge(phase, ran_on, began, holds=None):

@@ -38,7 +38,7 @@ class Section:
     """
 
     __slots__ = ("registry", "name", "cap", "deadline", "owner", "frame", "code", "started",
-                 "in_heap", "closed", "bound", "cancel", "why", "delivered", "stall")
+                 "in_heap", "closed", "bound", "cancel", "why", "delivered", "thrown", "stall")
 
     def __init__(self, registry, name, cap, deadline, owner, frame, started, cancel=True,
                  stall=None):
@@ -57,6 +57,8 @@ class Section:
         self.why = None           # the cancellation's message, once the guard cancels it
         self.delivered = False    # when its exception was delivered (once): a waiting
         #                           greenlet's throw, a request thread's async raise
+        self.thrown = 0           # gevent: the number of the hub callback that first threw
+        #                           its cancellation (0: none; see GeventFlavor.escalates)
         self.stall = stall        # longest time without progress (None: no limit)
 
     # Progress is its owner's (see store.Store.progress): read it from there.
@@ -103,7 +105,6 @@ class Section:
         return f"(unnamed, in {code.co_name} at {code.co_filename}:{code.co_firstlineno})"
 
 
-
 class Request(Section):
     """A request of the threaded worker, seen as a deadline: ``--timeout`` outside sections.
 
@@ -118,7 +119,6 @@ class Request(Section):
 
     def __init__(self, registry, name, cap, owner, frame, started):
         super().__init__(registry, name, cap, started + cap, owner, frame, started)
-
 
 
 def stall_bound(stack, deadline):

@@ -45,50 +45,45 @@ class GeventFlavor:
         its grace has not really begun.  That wait is bounded: the blocking
         greenlet is inside its own section (ended at its deadline) or is killed
         at ``--timeout``.  Once the hub is free, the throw runs at once.  "Free"
-        means a probe posted *after* the section's first throw has been answered:
-        the hub runs its callbacks in order, so that throw has run by then (and,
-        if it was not delivered, found the greenlet mid-update; the throws sent
-        again every ``RESEND`` do not put it off).  A probe posted before it may be
-        answered a moment before the throw runs: the guard, looking in between,
-        aborted the worker (found when the suite first ran in parallel).
+        means the hub answered a probe posted *after* the section's first throw:
+        it runs its callbacks in order, so that throw has run by then (and, if it
+        was not delivered, found the greenlet mid-update; the throws sent again
+        every ``RESEND`` do not put it off).  A probe posted before the throw may
+        be answered a moment before the throw runs: the guard, looking in
+        between, aborted the worker (found when the suite first ran in parallel).
         """
-        return running or section.delivered or (
-            self.probe_seen >= self.probe_sent
-            and self.probe_posted > self.first_throw.get(section, 0))
+        return running or section.delivered or self.answered > section.thrown
 
     def __init__(self, hub):
         self.loop = hub.loop
-        self.probe_sent = self.probe_seen = -float("inf")
-        # Callbacks posted to the hub (they run in order) are numbered: the latest
-        # probe's, and each cancelled section's first throw.  The guard alone posts them.
-        self.posted = self.probe_posted = 0
-        self.first_throw = {}       # section -> the number of its first throw
-
-    def post(self, callback, *args):
-        """Post ``callback(*args)`` to the hub's loop; return its number."""
-        self.posted += 1
-        self.loop.run_callback_threadsafe(callback, *args)
-        return self.posted
+        # The callbacks posted to the hub run in order, and are numbered: the latest
+        # probe's number, the latest one the hub answered, and each cancelled section's
+        # first throw (``section.thrown``).  Only the guard thread posts.
+        self.posted = self.probe_posted = self.answered = 0
+        self.probe_sent = -float("inf")     # when the latest probe was posted
+        self.probe_seen = -float("inf")     # when the hub last answered one
 
     # -- is the hub free? (called from the guard thread) ------------------------
     # (``frame``, the main thread's, is the running greenlet's: as the sync worker's)
     running_inside = staticmethod(SyncFlavor.running_inside)
 
     def loop_seen(self, now):
-        seen = self.probe_seen
-        if seen < self.probe_sent:
+        if self.answered < self.probe_posted:
             return None                     # the last probe is still waiting: hub blocked
-        self.probe_sent = now
-        self.probe_posted = self.post(self._answer)
+        seen = self.probe_seen
+        self.posted += 1
+        self.probe_posted, self.probe_sent = self.posted, now
+        self.loop.run_callback_threadsafe(self._answer, self.posted)
         return seen
 
-    def _answer(self):                      # runs in the hub
+    def _answer(self, number):              # runs in the hub
         self.probe_seen = monotonic()
+        self.answered = number
 
     def stock_would_kill(self, guard, section, now):
         """Stock gevent is killed only when the hub is blocked for --timeout: by this
         section's greenlet, running right now, with the probe unanswered that long."""
-        return (self.probe_seen < self.probe_sent
+        return (self.answered < self.probe_posted
                 and now - self.probe_sent >= guard.registry.window
                 and guard.registry.inside_section(guard.current_frame(), section))
 
@@ -97,10 +92,10 @@ class GeventFlavor:
         if running:                         # it blocks the hub: interrupt it where it runs
             guard.signal_serving_thread()
         else:
-            number = self.post(self._cancel, guard, section.owner)
-            for done in [s for s in self.first_throw if s.closed]:
-                del self.first_throw[done]
-            self.first_throw.setdefault(section, number)
+            self.posted += 1
+            if not section.thrown:
+                section.thrown = self.posted
+            self.loop.run_callback_threadsafe(self._cancel, guard, section.owner)
 
     @staticmethod
     def _cancel(guard, owner):              # runs in the hub

@@ -4,7 +4,7 @@ hung request thread is finally found.
 Gunicorn's gthread worker notifies the arbiter from its main loop every second,
 whatever its request threads do, so a request thread that hangs is never timed
 out (only a GIL-holding call, which stops the main loop too, is).  Here every
-request is a deadline (``registry.Request``): ``--timeout`` after it was last
+request is a deadline (``deadline.Request``): ``--timeout`` after it was last
 outside every section, none while it is inside one (the section's deadline
 applies).  The guard watches them with the sections' deadlines and, at a
 deadline, ends that request alone: :class:`~heartworker.SectionCapExceeded` is

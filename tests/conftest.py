@@ -10,9 +10,9 @@ def pytest_collection_modifyitems(items):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Note on the test item whether its call failed (``server`` shows its logs then)."""
+    """Note on the test item whether it failed (``server`` shows its logs then)."""
     report = (yield).get_result()
-    if report.when == "call" and report.failed:
+    if report.failed:
         item.heartworker_failed = True
 
 
@@ -32,13 +32,19 @@ def server(request, tmp_path):
         return srv.start(ready=ready)
 
     yield start
+    errors = []
     for srv in started:
-        srv.stop()
+        try:
+            srv.stop()
+        except Exception as exc:      # (every server is stopped, whatever one of them does)
+            errors.append(exc)
     if getattr(request.node, "heartworker_failed", False):
         for srv in started:
             if srv.proc is not None:      # (started: its log exists)
                 print(f"--- the log of {srv.worker or srv.program} on port {srv.port} ---")
                 print(srv.log())
+    if errors:
+        raise errors[0]
 
 
 WORKERS = ["heartworker.SyncWorker",

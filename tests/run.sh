@@ -14,9 +14,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
+for arg in "$@"; do
+    case "$arg" in -m|-m*) echo "tests/run.sh: -m is the script's own (the groups)" >&2; exit 4;; esac
+done
 set +e          # (both groups run; their exit codes are combined below)
 "$VENV/bin/python" -m pytest -q -n 12 -m "not quiet" --durations=10 "$@"
 parallel=$?
+case "$parallel" in
+    0|1|5) ;;                       # passed, failed, or none selected: the quiet group runs
+    *) exit "$parallel" ;;          # interrupted, an internal or a usage error: stop here
+esac
 "$VENV/bin/python" -m pytest -q -m quiet --durations=3 "$@"
 quiet=$?
 # pytest's exit codes are ours.  5 ("no tests ran") fails when neither group ran a test;
