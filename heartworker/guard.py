@@ -211,25 +211,43 @@ class Guard(Messages):
         return False, cancelled
 
     def escalate_overdue(self, frame, now):
-        """Escalate each cancelled section still running past its grace; True if aborted."""
+        """Escalate each cancelled section still running past its grace; True if aborted.
+
+        The grace counts from the send, or from the delivery.  Under gevent the hub
+        delivers a waiting greenlet's exception while the guard looks: ``delivered``
+        is read again once the flavour has said yes (the hub runs its callbacks in
+        order, so a throw the flavour's answer relied on has set it by then).  Read
+        only before, a throw landing in between got the worker aborted the moment
+        its exception was delivered (found when the suite first ran in parallel).
+        """
         for escalate_at, section in self.overdue:
-            if section.closed or escalate_at > now or \
-                    section.delivered and section.delivered + self.grace > now:
-                continue          # (the grace counts from the send, or from the delivery)
+            if section.closed or escalate_at > now or self.in_grace(section, now):
+                continue
             running = self.registry.inside_section(frame, section)
-            if self.flavor.escalates(section, running):
+            if self.flavor.escalates(section, running) and not self.in_grace(section, now):
                 if self.escalate(self.overdue_message(section, escalate_at - self.grace, now),
                                  frame if running else self.flavor.frame_of(section), section):
                     return True
         return False
 
+    def in_grace(self, section, now):
+        """Was its cancellation delivered less than the grace ago?"""
+        delivered = section.delivered
+        return bool(delivered) and delivered + self.grace > now
+
     def next_look(self, now, earliest, look_at, undelivered):
-        """When to look next: the earliest deadline, grace or report, within a tick."""
+        """When to look next: the earliest deadline, grace or report, within a tick.
+
+        A grace that is over without an escalation (the flavour waits: a gevent hub
+        blocked by another greenlet) is looked at again every ``RESEND``, not at
+        once: the guard spun, taking the GIL from the greenlet that blocks the hub.
+        """
         wake = now + self.tick
         if earliest is not None:
             wake = min(wake, self.registry.deadline_of(earliest))
         for escalate_at, section in self.overdue:
-            wake = min(wake, max(escalate_at, (section.delivered or 0) + self.grace))
+            wake = min(wake, max(escalate_at, (section.delivered or 0) + self.grace,
+                                 now + RESEND))
         if undelivered:
             wake = min(wake, now + RESEND)
         return min(wake, look_at)

@@ -76,7 +76,14 @@ class Vouching:
         so that the guard never writes in between.
         """
         with self.region() as held:
-            if not held:          # re-entered from a signal handler: just Gunicorn's heartbeat
+            if not held:
+                # Re-entered from a signal handler, or (gevent) another greenlet of this
+                # thread is frozen in a region: just Gunicorn's heartbeat.  The loop is
+                # alive all the same: without this, a guard look that found the hub's probe
+                # a little late wrote the stale ``alive_at`` over Gunicorn's fresh "now",
+                # and the arbiter killed a worker whose loop had just notified (found when
+                # the suite first ran in parallel).
+                self.alive_at = monotonic()
                 notify()
                 return
             now = monotonic()

@@ -393,6 +393,55 @@ def test_a_waiting_greenlets_grace_begins_only_once_the_hub_ran_its_throw():
     assert flavor.escalates(waiting, running=False), "sent again: the grace goes on"
 
 
+def test_a_cancellation_delivered_while_the_guard_looks_gets_its_grace():
+    # Under gevent the hub delivers a waiting greenlet's exception on its own thread,
+    # and the flavour says "escalate" once it is delivered.  The guard read `delivered`
+    # before asking: a throw that landed in between got the worker aborted the moment
+    # its exception was delivered (found when the suite first ran in parallel).
+    import logging
+
+    from heartworker.flavor import SyncFlavor
+    from heartworker.guard import RESEND, Guard
+
+    class DeliveredAsTheGuardLooks(SyncFlavor):
+        def escalates(self, section, running):
+            section.delivered = time.monotonic()      # the hub's throw, just now
+            return True                               # (gevent: delivered, so yes)
+
+    reg = make_registry()
+    guard = Guard(reg, DeliveredAsTheGuardLooks(), tick=0.5, ppid=os.getppid(),
+                  log=logging.getLogger("t"))
+    escalated = []
+    guard.escalate = lambda *args: escalated.append(args) or True
+    section = reg.enter("upstream", 1.0, sys._getframe())
+    section.why = "ran past its cap"
+    now = time.monotonic()
+    guard.overdue = [(now - 2.0, section)]            # its grace was over 2 s ago
+    assert not guard.escalate_overdue(None, now) and not escalated
+    # A grace over with no escalation (the hub still blocked): again in RESEND, not at once.
+    section.delivered = False
+    guard.flavor = SyncFlavor()
+    guard.flavor.escalates = lambda section, running: False
+    assert guard.next_look(now, None, math.inf, False) == now + RESEND
+    reg.exit(section)
+
+
+def test_gunicorns_heartbeat_inside_a_frozen_region_still_says_the_loop_is_alive():
+    # Under gevent a greenlet frozen inside a region (a finalizer that never returns)
+    # leaves the hub serving: Gunicorn's heartbeat, from another greenlet of the same
+    # thread, finds the region busy and only notifies.  It left `alive_at` stale, and
+    # the guard, finding the hub's probe late, wrote that over the fresh heartbeat.
+    reg = make_registry()
+    section = reg.enter("outer", 60.0, sys._getframe())
+    notified = []
+    before = reg.alive_at = time.monotonic() - 5.0
+    with reg.region() as held:                  # the frozen greenlet's region
+        assert held
+        reg.beat(lambda: notified.append(time.monotonic()))   # the hub's main greenlet
+    assert notified and reg.alive_at >= notified[0] - 0.1 > before
+    reg.exit(section)
+
+
 # -- long_section -----------------------------------------------------------------
 def test_long_section_is_a_noop_outside_a_worker():
     with long_section("nothing") as s:
