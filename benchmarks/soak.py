@@ -205,8 +205,8 @@ def journal_lines(path):
 
 def journal(path):
     """{request id: (the pid of the worker that ran it, when it began there)} (from soak_app)."""
-    return {rid: (int(pid), float(began)) for rid, pid, began, *_ in journal_lines(path)
-            if not _}
+    return {rid: (int(pid), float(began)) for rid, pid, began, *held in journal_lines(path)
+            if not held}
 
 
 def gil_holds(path):
@@ -542,23 +542,17 @@ def owed_deaths(phase, ran_on):
 def blocked_for(phase, r, ran_on, holds):
     """How long ``r`` was stopped while it ran, in seconds: by neighbours that stop the
     others (``soak_rules.BLOCKERS``) on its worker, and for a GIL hold within its cap
-    (``gil``), by the machine: the time its C call took past its planned length
-    (``holds``: rid -> seconds).  A C call gets less of a core on a busy machine (the
-    test suite runs beside the soak): 2.5 s planned took 10.8 s once, past its cap.
-
-    Only a hold that ended before the arbiter must have killed its worker (its cap +
-    --timeout + the arbiter's 1 s loop) excuses anything: a longer one answered by the
-    same worker means the worker outlived its vouch.  A neighbour's GIL hold also
-    stretches this one's, so the two are not added: the longer counts."""
+    (``gil``), by the machine (``holds``: rid -> seconds its C call took; see
+    ``soak_rules.stretched``).  A neighbour's GIL hold also stretches this one's, so
+    the two are not added: the longer counts."""
     pid = ran_on.get(r.rid)
     if pid is None:
         return 0.0
     neighbours = ran_during(phase, ran_on, pid, rules.BLOCKERS[phase.flavor], r.began, r.end,
                             besides=r)
-    held = holds.get(r.rid, rules.LONG) if r.kind == "gil" else rules.LONG
-    if held > rules.NEIGHBOUR_CAP + rules.TIMEOUT + 1:
-        return neighbours
-    return max(neighbours, held - rules.LONG)
+    if r.kind == "gil" and r.rid in holds:
+        return max(neighbours, rules.stretched(holds[r.rid]))
+    return neighbours
 
 
 def judge(phase, ran_on, began, holds=None):
