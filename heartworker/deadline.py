@@ -37,8 +37,17 @@ class Section:
     means "running inside this section" (see ``section.anchor``).
     """
 
-    __slots__ = ("registry", "name", "cap", "deadline", "owner", "frame", "code", "started",
-                 "in_heap", "closed", "bound", "cancel", "why", "delivered", "thrown", "stall")
+    # The fields every section sets as it opens are slots; the guard's, which most
+    # sections never set, are class defaults (an instance __dict__ is made only
+    # when one is set), so that opening a section stores no more than it must.
+    __slots__ = ("registry", "name", "cap", "deadline", "owner", "frame", "started", "in_heap",
+                 "closed", "bound", "cancel", "stall", "__dict__")
+    code = None           # the anchor's code, kept for describe() if the section has no name
+    why = None            # the cancellation's message, once the guard cancels it
+    delivered = False     # when its exception was delivered (once): a waiting greenlet's
+    #                       throw, a request thread's async raise
+    thrown = 0            # gevent: the number of the hub callback that first threw its
+    #                       cancellation (0: none; see GeventFlavor.escalates)
 
     def __init__(self, registry, name, cap, deadline, owner, frame, started, cancel=True,
                  stall=None):
@@ -48,17 +57,13 @@ class Section:
         self.deadline = deadline
         self.owner = owner
         self.frame = frame
-        self.code = frame.f_code if frame is not None else None
+        if name is None and frame is not None:
+            self.code = frame.f_code
         self.started = started
         self.in_heap = False
         self.closed = False
         self.bound = None
         self.cancel = cancel      # False: its deadline aborts the worker instead
-        self.why = None           # the cancellation's message, once the guard cancels it
-        self.delivered = False    # when its exception was delivered (once): a waiting
-        #                           greenlet's throw, a request thread's async raise
-        self.thrown = 0           # gevent: the number of the hub callback that first threw
-        #                           its cancellation (0: none; see GeventFlavor.escalates)
         self.stall = stall        # longest time without progress (None: no limit)
 
     # Progress is its owner's (see store.Store.progress): read it from there.

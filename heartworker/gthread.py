@@ -142,12 +142,13 @@ class ThreadFlavor:
         standing vouch must stand (found by benchmarks/soak.py).  While the loop
         is seen, its rule applies (the vouch, never less than now).
         """
-        if registry.inside(frame):
+        anchors = registry.anchors()
+        if registry.inside(frame, anchors):
             return True
         if loop_seen is not None or not registry.stacks:
             return False
         frames = sys._current_frames()
-        return any(registry.inside(frames.get(owner)) for owner in list(registry.stacks)
+        return any(registry.inside(frames.get(owner), anchors) for owner in list(registry.stacks)
                    if owner is not None)
 
     def forget(self, owner):

@@ -22,10 +22,13 @@ class Queries:
         the lock (``held=False``: the serving thread is frozen in a region)
         the heap is only read.
         """
-        heap = self.heap
         if not held:              # (nor one being dealt with already: see take_due)
-            return min((s for _, _, s in list(heap) if not s.closed and s.why is None),
+            candidates = [s for _, _, s in list(self.heap)] + list(self.fresh)
+            return min((s for s in candidates if not s.closed and s.why is None),
                        key=self.deadline_of, default=None)
+        if self.fresh:
+            self.file_fresh()
+        heap = self.heap
         while heap:
             key, _, section = heap[0]
             if section.closed:
@@ -57,19 +60,26 @@ class Queries:
         """Take the earliest open section out of the deadline heap (it is being dealt with)."""
         heapq.heappop(self.heap)
 
-    def inside(self, frame):
+    def inside(self, frame, anchors=None):
         """Is ``frame`` (the serving thread's current frame) running inside an open section?
 
         True when the anchor frame of an open section is on its stack: the
         code that opened the section has not returned or left the ``with``.
-        The whole stack is walked, however deep.
+        The whole stack is walked, however deep.  ``anchors``: :meth:`anchors`,
+        if the caller asks for several frames.
         """
-        entries = self.entry_frames
+        if anchors is None:
+            anchors = self.anchors()
         while frame is not None:
-            if id(frame) in entries:
+            if id(frame) in anchors:
                 return True
             frame = frame.f_back
         return False
+
+    def anchors(self):
+        """The ids of the open sections' anchor frames (read: safe without the lock)."""
+        return {id(section.frame) for stack in list(self.stacks.values())
+                for section in list(stack)}
 
     def past_deadline(self, frame, now, threads=None):
         """The innermost open section whose code runs and whose deadline has passed, or

@@ -12,9 +12,25 @@ entry made there vouches for nothing.  No region drops the last reference to an
 application object (a section's frame is released after its region), and the
 guard never waits for the lock longer than ``LOCK_WAIT`` (see ``guard.py``: a
 serving thread frozen inside a region is treated as stuck).
+
+The quick region.  Entering and leaving a section on the serving thread (the
+hot path, ``store.py``) takes no lock: the serving thread sets ``serving_in``,
+and goes on only if ``busy`` is still clear; every other region, once it has
+the lock and has set ``busy``, waits for ``serving_in`` to clear (or, on the
+serving thread itself, treats it as a region already in progress).  Under the
+GIL each of those reads and writes is atomic and seen by the other thread in
+order, so of two that start at once at least one sees the other (the shape of
+Peterson's lock): the hot path then falls back to the lock.  A quick region
+runs no application code of its own, and nothing in it waits.
 """
 
+from math import inf as INF
+from time import monotonic
+
+from .native import sleep as _sleep
+
 LOCK_WAIT = 1.0   # seconds the guard waits for the lock before it treats the holder as stuck
+QUICK_WAIT = 0.0002  # seconds between two looks at a quick region that has not ended yet
 # heartworker's modules whose code updates or reads the sections (the decorator's
 # wrapper, `in_section`, runs the decorated function: that is the section's code).
 _BOOKKEEPING = frozenset("heartworker." + name for name in (
@@ -37,6 +53,11 @@ class Regions:
         """
         return _Region(self, wait)
 
+    def settle(self):
+        """Close what was deferred during a quick region (a region that does nothing else)."""
+        with self.region():
+            pass
+
     def interruptible(self, frame):
         """May an exception be raised asynchronously in ``frame``, this thread's code now?
 
@@ -46,7 +67,8 @@ class Regions:
         ``with``, or closed in the books but not in its ``long_section``, would be
         left open for good.  A cancellation found here waits for the next try.
         """
-        if self.busy and self.lock._is_owned():
+        if self.busy and self.lock._is_owned() or self.serving_in and \
+                self.get_ident() == self.tid:
             return False
         return not self.in_bookkeeping(frame)
 
@@ -90,8 +112,26 @@ class _Region:
             if reg.busy:
                 lock.release()
             else:
-                reg.busy = self.held = True
+                reg.busy = True
+                if reg.serving_in and not self.quick_region_ends(reg, wait):
+                    reg.busy = False
+                    lock.release()
+                else:
+                    self.held = True
         return self.held
+
+    @staticmethod
+    def quick_region_ends(reg, wait):
+        """Wait (up to ``wait``) for the serving thread's quick region to end; False if it
+        did not, or if this is the serving thread itself (called back from within it)."""
+        if reg.get_ident() == reg.tid:
+            return False
+        give_up = INF if wait < 0 else monotonic() + wait
+        while reg.serving_in:
+            if monotonic() >= give_up:
+                return False
+            _sleep(QUICK_WAIT)
+        return True
 
     def __exit__(self, *exc):
         if self.held:

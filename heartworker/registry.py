@@ -52,7 +52,7 @@ class Registry(Store, Queries, Requests, Vouching, Regions):
         # store.py: the open sections.
         self.default_cap = default_cap
         self.stacks = {}          # owner -> [Section, ...], innermost last
-        self.entry_frames = {}    # id(anchor frame) -> number of open sections
+        self.fresh = []           # sections opened since the guard last filed them
         self.heap = []            # (deadline, seq, Section), closed ones removed lazily
         self.closed_in_heap = 0
         self.open = 0
@@ -72,6 +72,7 @@ class Registry(Store, Queries, Requests, Vouching, Regions):
         # regions.py: every update is a region.
         self.lock = native.allocate_rlock()
         self.busy = False         # a region is updating the state
+        self.serving_in = False   # the serving thread is in a quick region (no lock)
         self.deferred = []        # sections closed while a region was busy, closed at its end
         # A cancellation signal found this thread in the bookkeeping: `land(frame)`
         # raises it where the bookkeeping returns to the section's code.
@@ -90,7 +91,7 @@ class Registry(Store, Queries, Requests, Vouching, Regions):
         """
         self.enabled = False
         self.lock = native.allocate_rlock()
-        self.busy = False
+        self.busy = self.serving_in = False
         self.deferred = []
         self.ring = nothing
         self.cancel_waits, self.land = False, nothing_at   # the parent's guard is not here

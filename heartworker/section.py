@@ -11,7 +11,8 @@ import inspect
 import os
 import sys
 
-from .settings import check_cap, check_stall
+from .deadline import INF, Section
+from .settings import MAX_SECONDS, check_cap, check_stall
 
 _getframe = sys._getframe
 _active = None   # the worker process's Registry, set by the worker once it serves
@@ -86,7 +87,7 @@ class SectionCapExceeded(BaseException):
     """
 
 
-class long_section:
+def long_section(name=None, *, cap=None, stall=None, cancel=True):
     """Declare that the code inside may run longer than Gunicorn's ``--timeout``.
 
     ``name`` appears in logs; ``cap`` is the hard cap in seconds (default: the
@@ -110,18 +111,31 @@ class long_section:
     A ``long_section`` object is entered at most once at a time, in a worker
     or not; as a decorator it makes a fresh section for every call, so
     decorated functions are safe to call concurrently and recursively.
+
+    It returns a :class:`LongSection`.  In a worker, that is itself the record of the open section
+    (a :class:`~heartworker.deadline.Section`) the first time it is entered,
+    and a fresh record is made for each later entry (the guard may still hold
+    the first one); its ``cap`` then says the default cap's value if it was None.
     """
 
-    __slots__ = ("name", "cap", "stall", "cancel", "_open")
+    if type(name) is not str and name is not None and not isinstance(name, str):
+        raise TypeError(f"long_section name must be a str, not {type(name).__name__}")
+    if cap is not None and (type(cap) is not float or not 0 < cap <= MAX_SECONDS):
+        cap = check_cap(cap)      # (its usual case, inline: this runs on every `with`)
+    section = LongSection()       # (a function, not a class: a Python __init__ costs more)
+    section.name = name
+    section.cap = cap
+    section.stall = stall if stall is None else check_stall(stall, cap)
+    section.cancel = cancel is True or bool(cancel)
+    section._open = section.registry = None
+    return section
 
-    def __init__(self, name=None, *, cap=None, stall=None, cancel=True):
-        if type(name) is not str and name is not None and not isinstance(name, str):
-            raise TypeError(f"long_section name must be a str, not {type(name).__name__}")
-        self.name = name
-        self.cap = cap if cap is None else check_cap(cap)
-        self.stall = stall if stall is None else check_stall(stall, self.cap)
-        self.cancel = cancel is True or bool(cancel)
-        self._open = None
+
+class LongSection(Section):
+    """A section declared by :func:`long_section`: a context manager and a decorator."""
+
+    __slots__ = ("_open",)
+    __init__ = object.__init__    # (made by long_section(): see there)
 
     def __enter__(self):
         if self._open is not None:
@@ -134,8 +148,9 @@ class long_section:
             code = caller.f_code       # (anchor()'s first test, inline: usually the caller)
             where = anchor(caller) if code.co_flags & _GENERATOR or code.co_name == "__enter__" \
                 or code is _ENTER_CONTEXT else caller
-            self._open = registry.enter(self.name, self.cap, where, None, self.cancel,
-                                        self.stall) or _OUTSIDE
+            record = self if self.registry is None else \
+                Section(None, self.name, self.cap, INF, None, None, 0.0, self.cancel, self.stall)
+            self._open = record if registry.add(record, where) else _OUTSIDE
             if registry.cancel_waits:     # it came during the update: raise it here,
                 try:                      # before the `with` body (which will not run)
                     registry.land(caller)

@@ -13,67 +13,64 @@ import heapq
 import sys
 from time import monotonic
 
-from .deadline import Section, stall_bound
+from .deadline import INF, Section, stall_bound
 from .regions import release_frames
 
 
 class Store:
     """The open sections of each owner (a part of the registry)."""
 
-    # -- the serving thread (hot path: regions written out inline) -------------------
+    # -- the hot path ---------------------------------------------------------------
     def enter(self, name, cap, frame, started=None, cancel=True, stall=None):
-        """Open a section for the current owner; return it, or None if it is not ours to vouch."""
+        """Open a new section for the current owner; return it, or None if it is not ours
+        to vouch.  (``long_section`` opens itself: :meth:`add`.)"""
+        section = Section(None, name, cap, INF, None, frame, 0.0, cancel, stall)
+        return section if self.add(section, frame, started) else None
+
+    def add(self, section, frame, started=None):
+        """Open ``section`` (its name, cap, stall and cancel set) with anchor ``frame``
+        for the current owner; False if it is not ours to vouch (nothing is registered).
+
+        The serving thread updates the sections in a *quick region* (``serving_in``,
+        see regions.py) unless another region is in progress: no lock is taken.
+        """
         ident = self.get_ident()
         if not self.enabled or ident != self.tid and ident not in self.requests:
-            return None
-        if cap is None:
-            cap = self.default_cap
+            return False
         if started is None:
             started = monotonic()
-        owner = self.owner() if self.owner is not None else None
-        section = Section(self, name, cap, started + cap, owner, frame, started, cancel, stall)
+        cap = section.cap
+        if cap is None:
+            cap = section.cap = self.default_cap
+        section.registry = self
+        section.owner = self.owner() if self.owner is not None else None
+        section.frame = frame
+        if section.name is None and frame is not None:
+            section.code = frame.f_code
+        section.started = started
+        section.deadline = started + cap
+        section.closed = False
+        section.bound = None
+        if ident == self.tid and not (self.serving_in or self.busy):
+            self.serving_in = True            # (see Regions: the region is quick and lock-free
+            if not self.busy:                 # only if no other region began meanwhile)
+                try:
+                    self._file(section)
+                finally:
+                    self.serving_in = False
+                if self.deferred:
+                    self.settle()
+                if section.deadline < self.next_wake or \
+                        section.stall is not None and started + section.stall < self.next_wake:
+                    self.ring()       # (its stall deadline: no progress yet)
+                return True
+            self.serving_in = False
         with self.lock:           # `with`, `try`: an exception from a signal handler
-            if self.busy:         # (a finalizer, mid-update on this thread: vouch for nothing)
-                return None       # can never leave the lock held or `busy` set
-            try:
-                self.busy = True
-                if self.pending_limit < self.limit:
-                    self.apply_limit()
-                stacks = self.stacks
-                stack = stacks.get(owner)
-                if not stack:             # (an owner's stack is dropped when it empties)
-                    if stack is None:
-                        stack = stacks[owner] = []
-                    if self.requests:     # (the threaded worker: requests.py)
-                        self.inside_sections(owner)
-                    self._push(section)
-                elif stack[-1].deadline <= section.deadline and (
-                        frame is stack[-1].frame or self.inside_section(frame, stack[-1])):
-                    # Clipped to the enclosing deadline: that section's heap entry stands
-                    # for this one too while it is open (see innermost() and _close()).
-                    # Only a section whose code encloses this one's clips it: not one left
-                    # open in a suspended generator.  One with a stall limit keeps its own
-                    # entry.
-                    enclosing = stack[-1]
-                    section.deadline = enclosing.deadline
-                    section.bound = enclosing.bound or enclosing
-                    if stall is not None:
-                        self._push(section)
-                else:
-                    self._push(section)
-                stack.append(section)
-                key = id(frame)
-                entries = self.entry_frames
-                entries[key] = entries.get(key, 0) + 1
-                self.open += 1
-                deadline = section.deadline
-                if stall is not None:
-                    self.stalls += 1
-                if self.stalls:
-                    deadline = stall_bound(stack, deadline)
-                # The standing vouch: exact with one owner, the latest deadline with
-                # several (another owner's section is open, so a standing vouch exists).
-                self._stand(deadline if len(stacks) == 1 else max(deadline, self.standing))
+            if self.busy or self.serving_in and ident == self.tid:
+                return False      # (a finalizer or handler, mid-update on this thread:
+            try:                  # vouch for nothing) can never leave the lock held or
+                self.busy = True  # `busy` set
+                self._file(section)
             finally:
                 if self.deferred:
                     done = self._end()
@@ -83,18 +80,30 @@ class Store:
         if done:
             release_frames(done)
         if section.deadline < self.next_wake or \
-                stall is not None and section.stall_at < self.next_wake:
+                section.stall is not None and started + section.stall < self.next_wake:
             self.ring()
-        return section
+        return True
 
     def exit(self, section):
         """Close ``section`` (normally the innermost of its owner).  Writes nothing."""
         if not self.enabled:
             return
-        with self.lock:
-            if self.busy:         # a finalizer, mid-update on this thread: close it at the end
-                self.deferred.append(section)
+        if not (self.serving_in or self.busy) and self.get_ident() == self.tid:
+            self.serving_in = True            # a quick region, as in `add`
+            if not self.busy:
+                try:
+                    self._close(section)
+                finally:
+                    self.serving_in = False
+                section.frame = None          # outside the region: this may free the
+                if self.deferred:             # caller's locals
+                    self.settle()
                 return
+            self.serving_in = False
+        with self.lock:
+            if self.busy or self.serving_in and self.get_ident() == self.tid:
+                self.deferred.append(section)  # a finalizer, mid-update on this thread:
+                return                         # closed at the end of that region
             try:
                 self.busy = True
                 self._close(section)
@@ -166,6 +175,57 @@ class Store:
             self.owner = owner
 
     # -- internals (in a region) -------------------------------------------------
+    def _file(self, section):
+        """Put ``section`` on its owner's stack and make its standing vouch."""
+        if self.pending_limit < self.limit:
+            self.apply_limit()
+        stacks = self.stacks
+        owner = section.owner
+        stack = stacks.get(owner)
+        if not stack:                     # (an owner's stack is dropped when it empties)
+            if stack is None:
+                stack = stacks[owner] = []
+            if self.requests:             # (the threaded worker: requests.py)
+                self.inside_sections(owner)
+            section.in_heap = True
+            self.fresh.append(section)    # (the guard files it in the heap: earliest())
+        elif stack[-1].deadline <= section.deadline and (
+                section.frame is stack[-1].frame or
+                self.inside_section(section.frame, stack[-1])):
+            # Clipped to the enclosing deadline: that section's heap entry stands
+            # for this one too while it is open (see innermost() and _close()).
+            # Only a section whose code encloses this one's clips it: not one left
+            # open in a suspended generator.  One with a stall limit keeps its own
+            # entry.
+            enclosing = stack[-1]
+            section.deadline = enclosing.deadline
+            section.bound = enclosing.bound or enclosing
+            section.in_heap = section.stall is not None
+            if section.in_heap:
+                self.fresh.append(section)
+        else:
+            section.in_heap = True
+            self.fresh.append(section)
+        stack.append(section)
+        self.open += 1
+        deadline = section.deadline
+        if section.stall is not None:
+            self.stalls += 1
+        if self.stalls:
+            deadline = stall_bound(stack, deadline)
+        # The standing vouch: exact with one owner, the latest deadline with
+        # several (another owner's section is open, so a standing vouch exists).
+        if len(stacks) != 1:
+            deadline = max(deadline, self.standing)
+        if deadline > self.limit:
+            deadline = self.limit
+        self.standing = deadline
+        written = self.written
+        # Anything in [deadline - window, deadline] keeps the worker alive to the
+        # deadline and dead by deadline + window: most entries need no syscall.
+        if written is None or not (deadline - self.window <= written <= deadline):
+            self._write(deadline)
+
     def _close(self, section):
         if section.closed:
             return
@@ -184,7 +244,8 @@ class Store:
                     # been clipped to its deadline with no heap entry of their own.
                     for above in stack[i:]:
                         if not above.in_heap:
-                            self._push(above)
+                            above.in_heap = True
+                            self.fresh.append(above)
                     break
         if stack is not None and not stack:
             del self.stacks[owner]
@@ -192,19 +253,14 @@ class Store:
                 self.progressed.pop(owner, None)
             if self.requests:
                 self.outside_sections(owner)
-        key = id(section.frame)
-        entries = self.entry_frames
-        left = entries.get(key, 1) - 1
-        if left:
-            entries[key] = left
-        else:
-            entries.pop(key, None)
         self.open -= 1
         if section.stall is not None:
             self.stalls -= 1
         if not self.open:
             # The vouch stands until the next heartbeat or guard step withdraws it.
-            self.heap.clear()
+            self.fresh.clear()
+            if self.heap:
+                self.heap.clear()
             self.closed_in_heap = 0
             self.standing = None
             self.alive_at = monotonic()
@@ -213,7 +269,9 @@ class Store:
             return    # nested, clipped: the deadlines and the standing vouch are unchanged
         if section.in_heap:
             self.closed_in_heap += 1
-            if self.closed_in_heap > 64 and 2 * self.closed_in_heap > len(self.heap):
+            if self.closed_in_heap > 64 and \
+                    2 * self.closed_in_heap > len(self.heap) + len(self.fresh):
+                self.fresh = [s for s in self.fresh if not s.closed]
                 self.heap = [item for item in self.heap if not item[2].closed]
                 heapq.heapify(self.heap)
                 self.closed_in_heap = 0
@@ -223,14 +281,20 @@ class Store:
             self._stand(self._standing_after(owner, stack))
 
     def _standing_after(self, owner, stack):
-        """The standing vouch once ``owner``'s ``stack`` changed: see ``enter``."""
+        """The standing vouch once ``owner``'s ``stack`` changed: see ``_file``."""
         deadline = stack[-1].deadline
         if self.stalls:
             deadline = stall_bound(stack, deadline)
         return deadline if len(self.stacks) == 1 else max(deadline, self.standing)
 
-    def _push(self, section):
-        self.seq += 1
-        section.in_heap = True
-        key = section.deadline if section.stall is None else min(section.deadline, section.stall_at)
-        heapq.heappush(self.heap, (key, self.seq, section))
+    def file_fresh(self):
+        """File the sections opened since the last look in the deadline heap (the
+        guard's, in a region: the hot path only lists them, in ``fresh``)."""
+        fresh, self.fresh = self.fresh, []
+        heap = self.heap
+        for section in fresh:
+            if section.closed:
+                self.closed_in_heap -= 1
+            else:
+                self.seq += 1
+                heapq.heappush(heap, (section.due(), self.seq, section))

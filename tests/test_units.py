@@ -12,6 +12,7 @@ from gunicorn.config import Config
 from gunicorn.workers.workertmp import WorkerTmp
 
 from heartworker import long_section, native
+from heartworker.deadline import Section
 from heartworker.heartbeat import Heartbeat, check_protocol
 from heartworker.registry import Registry
 from heartworker.section import activate
@@ -98,7 +99,7 @@ def test_outermost_section_writes_its_deadline_once_and_the_vouch_is_withdrawn_a
     assert reg.heartbeat.writes == [s.deadline] and s.deadline >= before + 30
     reg.exit(s)
     assert reg.heartbeat.writes == [s.deadline], "leaving writes nothing"
-    assert reg.standing is None and reg.open == 0 and not reg.heap and not reg.entry_frames
+    assert reg.standing is None and reg.open == 0 and not reg.heap and not reg.fresh
     ended = reg.alive_at
     reg.apply_rule(time.monotonic(), inside=False, loop_seen=None)    # the guard's next look
     assert reg.heartbeat.writes[-1] == ended and reg.written is None
@@ -605,6 +606,109 @@ def test_a_section_opened_by_a_finalizer_mid_update_vouches_for_nothing(active):
         assert s._open is None
     with long_section("after") as s:
         assert reg.open == 1
+
+
+# -- the quick region (the hot path takes no lock: regions.py) ---------------------------
+def in_thread(function):
+    """Run ``function`` in another thread; return (its result, seconds it took)."""
+    out = {}
+
+    def run():
+        started = time.monotonic()
+        out["result"] = function()
+        out["took"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    return out["result"], out["took"]
+
+
+def held_region(reg, wait):
+    with reg.region(wait) as held:
+        return held
+
+
+def test_another_threads_region_waits_for_the_serving_threads_quick_region():
+    reg = make_registry()
+    reg.serving_in = True                 # the serving thread, mid-way through a quick region
+    held, took = in_thread(lambda: held_region(reg, 0.05))
+    assert held is False and took >= 0.05, "not held while the quick region lasts"
+    assert not reg.busy and not reg.lock._is_owned()
+    threading.Timer(0.1, lambda: setattr(reg, "serving_in", False)).start()
+    held, took = in_thread(lambda: held_region(reg, 5.0))
+    assert held is True and 0.09 <= took < 2, "held once the quick region ended"
+
+
+def test_the_serving_thread_called_back_within_its_quick_region_gets_no_region():
+    reg = make_registry()
+    reg.serving_in = True                 # a finalizer or handler, mid-way through one
+    started = time.monotonic()
+    assert held_region(reg, -1) is False and time.monotonic() - started < 0.5
+    assert reg.enter("from a finalizer", 30.0, None) is None, "vouches for nothing"
+    s = Section(reg, "closed by a finalizer", 30.0, 0.0, None, None, 0.0)
+    reg.exit(s)
+    assert reg.deferred == [s], "closed when the quick region ends"
+    reg.serving_in = False
+
+
+def test_a_section_opened_while_another_region_runs_waits_for_it():
+    reg = make_registry()
+    inside, release = threading.Event(), threading.Event()
+
+    def guard_region():
+        with reg.region() as held:
+            inside.set()
+            release.wait(5)
+            return held
+
+    thread = threading.Thread(target=guard_region)
+    thread.start()
+    inside.wait(5)
+    threading.Timer(0.1, release.set).start()
+    started = time.monotonic()
+    section = reg.enter("request", 30.0, None)
+    assert section is not None and time.monotonic() - started >= 0.09 and reg.open == 1
+    thread.join(5)
+    reg.exit(section)
+    assert reg.open == 0 and not reg.stacks
+
+
+def test_the_hot_path_and_a_busy_guard_keep_the_books_straight():
+    # The serving thread enters and leaves sections without the lock while another
+    # thread keeps taking regions that read and rewrite the same state, as the guard does.
+    reg = make_registry(window=0.5)
+    stop, seen = threading.Event(), []
+
+    def books():
+        return reg.open, len(reg.stacks.get(None, ())), reg.standing
+
+    def guard():
+        while not stop.is_set():
+            with reg.region(1.0) as held:
+                if held:
+                    before = books()
+                    time.sleep(0.0002)        # (lets the serving thread run: it must wait)
+                    reg.earliest()
+                    reg.apply_rule(time.monotonic(), reg.inside(sys._getframe()), None)
+                    seen.append(before == books() and before[0] == before[1])
+
+    thread = threading.Thread(target=guard)
+    thread.start()
+    here = sys._getframe()
+    try:
+        for n in range(20000):
+            outer = reg.enter("outer", 30.0, here)
+            inner = reg.enter("inner", 1.0 + n % 3, here)
+            reg.exit(inner)
+            reg.exit(outer)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert len(seen) > 10, "the guard's regions ran in between"
+    assert all(seen), "never seen half-updated, nor changed within a region"
+    assert reg.open == 0 and not reg.stacks and not reg.heap and not reg.fresh
+    assert reg.standing is None and not reg.busy and not reg.serving_in
 
 
 # Forking while another thread holds the lock is this test's point (Python 3.12+ warns of it).
