@@ -35,7 +35,7 @@ QUICK_WAIT = 0.0002  # seconds between two looks at a quick region that has not 
 # wrapper, `in_section`, runs the decorated function: that is the section's code).
 _BOOKKEEPING = frozenset("heartworker." + name for name in (
     "section", "registry", "store", "queries", "requests", "vouching", "regions", "deadline",
-    "guard", "messages", "heartbeat", "native"))
+    "guard", "endings", "messages", "heartbeat", "native"))
 
 
 class Regions:

@@ -27,7 +27,8 @@ from . import native
 from .aftermath import Aftermath, ordinal, shared_dir
 from .answer import answer_timeout, noting_response
 from .flavor import SyncFlavor
-from .guard import CANCEL_SIGNAL, Guard
+from .endings import CANCEL_SIGNAL
+from .guard import Guard
 from .heartbeat import Heartbeat, check_protocol
 from .registry import Registry
 from .report import Watch, duration

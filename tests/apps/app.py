@@ -128,9 +128,10 @@ def gc_churn(n):
 
 
 def in_heartworker_update():
-    """True while this thread is in the middle of heartworker's bookkeeping (a region)."""
+    """True while this thread is in the middle of heartworker's bookkeeping: a region, or
+    a quick region (the serving thread's hot path, which takes no lock)."""
     registry = sys.modules["heartworker.section"]._active
-    return registry.busy and registry.lock._is_owned()
+    return registry.busy and registry.lock._is_owned() or registry.serving_in
 
 
 def finalizer_that_never_returns():
