@@ -183,30 +183,30 @@ class Store:
         owner = section.owner
         stack = stacks.get(owner)
         if not stack:                     # (an owner's stack is dropped when it empties)
-            if stack is None:
-                stack = stacks[owner] = []
+            stacks[owner] = stack = [section]
             if self.requests:             # (the threaded worker: requests.py)
                 self.inside_sections(owner)
             section.in_heap = True
             self.fresh.append(section)    # (the guard files it in the heap: earliest())
-        elif stack[-1].deadline <= section.deadline and (
-                section.frame is stack[-1].frame or
-                self.inside_section(section.frame, stack[-1])):
-            # Clipped to the enclosing deadline: that section's heap entry stands
-            # for this one too while it is open (see innermost() and _close()).
-            # Only a section whose code encloses this one's clips it: not one left
-            # open in a suspended generator.  One with a stall limit keeps its own
-            # entry.
-            enclosing = stack[-1]
-            section.deadline = enclosing.deadline
-            section.bound = enclosing.bound or enclosing
-            section.in_heap = section.stall is not None
-            if section.in_heap:
-                self.fresh.append(section)
         else:
-            section.in_heap = True
-            self.fresh.append(section)
-        stack.append(section)
+            enclosing = stack[-1]
+            if enclosing.deadline <= section.deadline and (
+                    section.frame is enclosing.frame or
+                    self.inside_section(section.frame, enclosing)):
+                # Clipped to the enclosing deadline: that section's heap entry stands
+                # for this one too while it is open (see innermost() and _close()).
+                # Only a section whose code encloses this one's clips it: not one left
+                # open in a suspended generator.  One with a stall limit keeps its own
+                # entry.
+                section.deadline = enclosing.deadline
+                section.bound = enclosing.bound or enclosing
+                section.in_heap = section.stall is not None
+                if section.in_heap:
+                    self.fresh.append(section)
+            else:
+                section.in_heap = True
+                self.fresh.append(section)
+            stack.append(section)
         self.open += 1
         deadline = section.deadline
         if section.stall is not None:
@@ -232,10 +232,11 @@ class Store:
         section.closed = True
         owner = section.owner
         stack = self.stacks.get(owner)
-        in_order = bool(stack) and stack[-1] is section
-        if in_order:
+        if stack and stack[-1] is section:
             stack.pop()
+            in_order = True
         elif stack:
+            in_order = False
             for i, other in enumerate(stack):
                 if other is section:
                     del stack[i]
@@ -247,6 +248,8 @@ class Store:
                             above.in_heap = True
                             self.fresh.append(above)
                     break
+        else:
+            in_order = False
         if stack is not None and not stack:
             del self.stacks[owner]
             if self.progressed:
