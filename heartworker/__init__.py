@@ -13,14 +13,14 @@ application costs nothing and needs neither Gunicorn's workers nor gevent.
 """
 
 from . import replaced
-from .section import SectionCapExceeded, long_section, progress
+from .section import LongSection, SectionCapExceeded, long_section, progress
 from .settings import SettingError
 
 replaced.check()     # -k heartworker.SyncWorker with --threads > 1: never silently
 
 __version__ = "0.2.0"
-__all__ = ["long_section", "progress", "SectionCapExceeded", "SettingError", "SyncWorker",
-           "ThreadWorker", "GeventWorker"]
+__all__ = ["long_section", "LongSection", "progress", "SectionCapExceeded", "SettingError",
+           "SyncWorker", "ThreadWorker", "GeventWorker"]
 
 
 def __getattr__(name):

@@ -16,7 +16,7 @@ environment), which plain ``gunicorn -k heartworker.X`` still reads.
 """
 
 from gunicorn.app.wsgiapp import WSGIApplication
-from gunicorn.config import Setting
+from gunicorn.config import Setting, validate_bool
 
 from . import settings as hs
 
@@ -62,6 +62,12 @@ SETTINGS = [
               "Seconds a cancelled section has to end before the worker is aborted"),
     _register("report_every", hs.REPORT_EVERY, "60; 0: none",
               "Seconds between the log lines that report a long section", may_be_zero=True),
+    type(Setting)("KeepChildren", (Setting,), dict(
+        name="keep_children", section="heartworker", cli=["--keep-children"],
+        action="store_true", default=None, validator=validate_bool,
+        desc=f"Processes forked by a worker outlive it (default: they end with it; they "
+             f"never keep its sockets).\n\nSame as {hs.KEEP_CHILDREN}=1, which it "
+             f"overrides.\n")),
 ]
 
 

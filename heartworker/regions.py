@@ -53,6 +53,21 @@ class Regions:
         """
         return _Region(self, wait)
 
+    def await_quick_region(self, wait=-1):
+        """With the lock held and ``busy`` set: wait (up to ``wait`` s; -1: for as long as
+        it takes) for the serving thread's quick region to end.  False if it did not,
+        or if this is the serving thread, called back from within it."""
+        if not self.serving_in:
+            return True
+        if self.get_ident() == self.tid:
+            return False
+        give_up = INF if wait < 0 else monotonic() + wait
+        while self.serving_in:
+            if monotonic() >= give_up:
+                return False
+            _sleep(QUICK_WAIT)
+        return True
+
     def settle(self):
         """Close what was deferred during a quick region (a region that does nothing else)."""
         with self.region():
@@ -113,25 +128,12 @@ class _Region:
                 lock.release()
             else:
                 reg.busy = True
-                if reg.serving_in and not self.quick_region_ends(reg, wait):
+                if reg.await_quick_region(wait):
+                    self.held = True
+                else:
                     reg.busy = False
                     lock.release()
-                else:
-                    self.held = True
         return self.held
-
-    @staticmethod
-    def quick_region_ends(reg, wait):
-        """Wait (up to ``wait``) for the serving thread's quick region to end; False if it
-        did not, or if this is the serving thread itself (called back from within it)."""
-        if reg.get_ident() == reg.tid:
-            return False
-        give_up = INF if wait < 0 else monotonic() + wait
-        while reg.serving_in:
-            if monotonic() >= give_up:
-                return False
-            _sleep(QUICK_WAIT)
-        return True
 
     def __exit__(self, *exc):
         if self.held:

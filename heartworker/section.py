@@ -108,21 +108,21 @@ def long_section(name=None, *, cap=None, stall=None, cancel=True):
         @long_section("export report", cap=300)
         def export(): ...
 
-    A ``long_section`` object is entered at most once at a time, in a worker
-    or not; as a decorator it makes a fresh section for every call, so
-    decorated functions are safe to call concurrently and recursively.
-
-    It returns a :class:`LongSection`.  In a worker, that is itself the record of the open section
-    (a :class:`~heartworker.deadline.Section`) the first time it is entered,
-    and a fresh record is made for each later entry (the guard may still hold
-    the first one); its ``cap`` then says the default cap's value if it was None.
+    It returns a :class:`LongSection`, which is entered at most once at a
+    time, in a worker or not; as a decorator it makes a fresh section for
+    every call, so decorated functions are safe to call concurrently and
+    recursively.  In a worker, a ``LongSection`` is itself the record of the
+    open section (a :class:`~heartworker.deadline.Section`) the first time it
+    is entered, and a fresh record is made for each later entry (the guard may
+    still hold the first one); its ``cap`` then says the default cap's value
+    if it was None.
     """
 
     if type(name) is not str and name is not None and not isinstance(name, str):
         raise TypeError(f"long_section name must be a str, not {type(name).__name__}")
     if cap is not None and (type(cap) is not float or not 0 < cap <= MAX_SECONDS):
         cap = check_cap(cap)      # (its usual case, inline: this runs on every `with`)
-    section = LongSection()       # (a function, not a class: a Python __init__ costs more)
+    section = LongSection()       # (this function is its __init__: a class's costs more)
     section.name = name
     section.cap = cap
     section.stall = stall if stall is None else check_stall(stall, cap)
@@ -132,7 +132,8 @@ def long_section(name=None, *, cap=None, stall=None, cancel=True):
 
 
 class LongSection(Section):
-    """A section declared by :func:`long_section`: a context manager and a decorator."""
+    """A section declared by :func:`long_section` (made only by it): a context manager
+    and a decorator."""
 
     __slots__ = ("_open",)
     __init__ = object.__init__    # (made by long_section(): see there)

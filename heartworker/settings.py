@@ -17,6 +17,7 @@ STARTUP_CAP = "HEARTWORKER_STARTUP_CAP"
 CANCEL_GRACE = "HEARTWORKER_CANCEL_GRACE"
 STARTUP_STALL = "HEARTWORKER_STARTUP_STALL"
 REPORT_EVERY = "HEARTWORKER_REPORT_EVERY"
+KEEP_CHILDREN = "HEARTWORKER_KEEP_CHILDREN"
 
 DEFAULTS = {
     SECTION_CAP: 600.0,   # a request's long section: ten minutes
@@ -24,14 +25,17 @@ DEFAULTS = {
     CANCEL_GRACE: 1.0,    # from cancelling a section to aborting the worker if it goes on
     STARTUP_STALL: None,  # the longest the startup may go without progress (None: no limit)
     REPORT_EVERY: 60.0,   # seconds between report lines for long work (0: none)
+    KEEP_CHILDREN: False,  # children forked by a worker outlive it (see children.py)
 }
 # the same settings as Gunicorn settings, under the ``heartworker`` launcher (launcher.py)
 GUNICORN_NAMES = {"section_cap": SECTION_CAP, "startup_cap": STARTUP_CAP,
                   "cancel_grace": CANCEL_GRACE, "startup_stall": STARTUP_STALL,
-                  "report_every": REPORT_EVERY}
+                  "report_every": REPORT_EVERY, "keep_children": KEEP_CHILDREN}
 OPTIONAL = {STARTUP_STALL}     # may be unset; never 0
 MIN_REPORT_EVERY = 0.1         # report lines more often than that are noise (and a busy guard)
 MAY_BE_ZERO = {REPORT_EVERY}   # 0 turns it off
+FLAGS = {KEEP_CHILDREN}        # yes or no, not seconds
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 # The longest cap heartworker accepts: one year.  A deadline is written into the
@@ -69,8 +73,18 @@ def parse_seconds(name, raw):
     return value
 
 
+def parse_flag(name, raw):
+    """Return ``raw`` (1/true/yes/on or 0/false/no/off) as a bool, or raise SettingError."""
+    if isinstance(raw, bool):
+        return raw
+    word = str(raw).strip().lower()
+    if word in TRUE or word in FALSE:
+        return word in TRUE
+    raise SettingError(f"{name}={raw!r} is not a yes or a no (1/true/yes/on, 0/false/no/off)")
+
+
 def from_gunicorn(cfg):
-    """{variable: seconds} of the heartworker settings given to the ``heartworker``
+    """{variable: value} of the heartworker settings given to the ``heartworker``
     launcher as Gunicorn settings (none under plain ``gunicorn``)."""
     given = {}
     for name, variable in GUNICORN_NAMES.items():
@@ -121,10 +135,10 @@ def check_cap(cap, what="cap"):
 
 
 class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace startup_stall "
-                                      "report_every",
+                                      "report_every keep_children",
                           defaults=(DEFAULTS[SECTION_CAP], DEFAULTS[STARTUP_CAP],
                                     DEFAULTS[CANCEL_GRACE], DEFAULTS[STARTUP_STALL],
-                                    DEFAULTS[REPORT_EVERY]))):
+                                    DEFAULTS[REPORT_EVERY], DEFAULTS[KEEP_CHILDREN]))):
     """The validated settings of one worker."""
 
     __slots__ = ()
@@ -144,13 +158,15 @@ class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace star
             raw = raw_env.get(name, environ.get(name))
             if raw is None or (name in OPTIONAL and not raw.strip()):
                 return DEFAULTS[name]
+            if name in FLAGS:
+                return parse_flag(name, raw)
             if name in MAY_BE_ZERO and _is_zero(raw):
                 return 0.0
             return parse_seconds(name, raw)
 
         settings = cls(section_cap=get(SECTION_CAP), startup_cap=get(STARTUP_CAP),
                        cancel_grace=get(CANCEL_GRACE), startup_stall=get(STARTUP_STALL),
-                       report_every=get(REPORT_EVERY))
+                       report_every=get(REPORT_EVERY), keep_children=get(KEEP_CHILDREN))
         if 0 < settings.report_every < MIN_REPORT_EVERY:
             raise SettingError(f"{REPORT_EVERY}={settings.report_every:g} is shorter than "
                                f"{MIN_REPORT_EVERY:g} s (use 0 to turn the report lines off)")

@@ -70,6 +70,7 @@ class Store:
                 return False      # (a finalizer or handler, mid-update on this thread:
             try:                  # vouch for nothing) can never leave the lock held or
                 self.busy = True  # `busy` set
+                self.await_quick_region()     # (another thread: see regions.py)
                 self._file(section)
             finally:
                 if self.deferred:
@@ -106,6 +107,7 @@ class Store:
                 return                         # closed at the end of that region
             try:
                 self.busy = True
+                self.await_quick_region()     # (another thread: see regions.py)
                 self._close(section)
             finally:
                 if self.deferred:

@@ -26,8 +26,9 @@ from gunicorn.arbiter import Arbiter
 from . import native
 from .aftermath import Aftermath, ordinal, shared_dir
 from .answer import answer_timeout, noting_response
-from .flavor import SyncFlavor
+from .children import Children
 from .endings import CANCEL_SIGNAL
+from .flavor import SyncFlavor
 from .guard import Guard
 from .heartbeat import Heartbeat, check_protocol
 from .registry import Registry
@@ -106,13 +107,22 @@ class HeartWorkerMixin:
             self.start_heart(sys._getframe(1))   # in the worker: Arbiter.spawn_worker's frame
 
     def init_process(self):
+        self.main_ident = native.get_ident()
         try:
             self.heart_given = from_gunicorn(self.cfg)
             self.heart_settings = Settings.load(self.cfg.env, given=self.heart_given)
         except SettingError as exc:
             self.log.error("heartworker: invalid setting: %s. The worker refuses to boot.", exc)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        # Before the app loads: a child it forks keeps nothing of the worker's (children.py).
+        Children(self.sockets, self.forks_from_serving_thread,
+                 keep=self.heart_settings.keep_children).install()
         super().init_process()
+
+    def forks_from_serving_thread(self):
+        """(In a child just forked) was it forked by a thread that serves requests?"""
+        ident = native.get_ident()
+        return ident == self.main_ident or self.heart is not None and ident in self.heart.requests
 
     def init_signals(self):
         super().init_signals()

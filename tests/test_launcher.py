@@ -7,7 +7,7 @@ import sys
 from tests.gunicorn_server import ROOT
 
 SETTINGS = ["--section-cap", "--startup-cap", "--startup-stall", "--cancel-grace",
-            "--report-every"]
+            "--report-every", "--keep-children"]
 
 
 def test_help_lists_the_settings():

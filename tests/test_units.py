@@ -517,6 +517,19 @@ def test_invalid_setting_names_the_variable(raw):
         parse_seconds(SECTION_CAP, raw)
 
 
+@pytest.mark.parametrize("raw, expected", [("1", True), ("yes", True), (" On ", True),
+                                           ("true", True), ("0", False), ("off", False),
+                                           ("", False)])
+def test_keep_children_is_a_yes_or_a_no(raw, expected):
+    assert Settings.load({"HEARTWORKER_KEEP_CHILDREN": raw}, {}).keep_children is expected
+    assert Settings.load({}, {}).keep_children is False
+
+
+def test_a_keep_children_that_is_neither_names_the_variable():
+    with pytest.raises(SettingError, match="HEARTWORKER_KEEP_CHILDREN='maybe'"):
+        Settings.load({"HEARTWORKER_KEEP_CHILDREN": "maybe"}, {})
+
+
 def test_guard_tick():
     assert guard_tick(0) == 1.0 and guard_tick(30) == 1.0
     assert guard_tick(2) == 0.5 and guard_tick(0.1) == 0.05
@@ -640,6 +653,20 @@ def test_another_threads_region_waits_for_the_serving_threads_quick_region():
     assert held is True and 0.09 <= took < 2, "held once the quick region ended"
 
 
+def test_another_threads_enter_and_exit_wait_for_the_serving_threads_quick_region():
+    # A finalizer that the GC runs on another thread (the guard's, a request thread)
+    # closes a section there: it must not update the books while the serving thread does.
+    reg = make_registry(owner=lambda: "request")
+    reg.tid = -1                          # every thread here is "another thread"
+    reg.requests = {native.get_ident(): None}   # (one that may open sections)
+    section = reg.enter("request", 30.0, None)
+    reg.serving_in = True
+    threading.Timer(0.1, lambda: setattr(reg, "serving_in", False)).start()
+    started = time.monotonic()
+    reg.exit(section)
+    assert time.monotonic() - started >= 0.09 and reg.open == 0 and section.closed
+
+
 def test_the_serving_thread_called_back_within_its_quick_region_gets_no_region():
     reg = make_registry()
     reg.serving_in = True                 # a finalizer or handler, mid-way through one
@@ -760,6 +787,24 @@ def test_entering_one_long_section_twice_raises_everywhere():
             s.__enter__()
     with s:                           # and it can be entered again once left
         pass
+
+
+def test_a_long_section_is_its_first_entrys_record_and_a_later_entry_gets_a_fresh_one(active):
+    from heartworker import LongSection
+    reg = active()
+    s = long_section("export")
+    assert isinstance(s, LongSection) and s.cap is None
+    with s:
+        first = reg.stacks[None][-1]
+        assert first is s and s.cap == reg.default_cap and not s.closed
+    assert s.closed and s.frame is None
+    first.why = "cancelled, as the guard leaves it"     # the guard may still hold it
+    with s:
+        second = reg.stacks[None][-1]
+        assert second is not s and second.name == "export" and second.why is None
+        assert s.closed and s.why, "the first record is left as it was"
+    assert second.closed and s.why == "cancelled, as the guard leaves it"
+    assert reg.open == 0 and not reg.stacks
 
 
 def test_the_anchor_skips_helpers_to_the_frame_that_runs_the_with_body():

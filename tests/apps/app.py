@@ -237,6 +237,26 @@ def fork_pool(seconds):
         pool.apply(pool_task, (seconds,))
 
 
+def fork_child(seconds):
+    """Fork a child that sleeps ``seconds`` (a real sleep, under gevent too); return its pid."""
+    from heartworker import native
+    pid = os.fork()
+    if pid == 0:
+        try:
+            native.sleep(seconds)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def fork_pool_then_block(seconds):
+    """Start a fork pool whose task runs ``seconds``, then block outside every section."""
+    import multiprocessing
+    pool = multiprocessing.get_context("fork").Pool(1)
+    pool.apply_async(time.sleep, (seconds,))
+    busy_outside(seconds)
+
+
 def inner_outlives_outer(outer_cap):
     """An inner section left open in a generator, resumed after the outer `with` ended."""
     def inner():
@@ -494,6 +514,13 @@ def route(path, q):
         fork_sections(s)
     elif path == "/fork_pool":
         fork_pool(s)
+    elif path == "/fork_child":
+        return str(fork_child(s)).encode()
+    elif path == "/fork_child_then_wait":
+        fork_child(s)
+        time.sleep(s)                   # (under gevent: a greenlet that waits)
+    elif path == "/fork_pool_then_block":
+        fork_pool_then_block(s)
     elif path == "/abandon_generator":
         gen = opened_in_generator(cap)
         next(gen)                       # suspended inside its section, and kept
