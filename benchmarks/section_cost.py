@@ -38,7 +38,7 @@ from time import perf_counter_ns  # noqa: E402
 import common  # noqa: E402
 import heartworker.heartbeat  # noqa: E402, F401 (active_registry reads these modules)
 import heartworker.native  # noqa: E402, F401
-import heartworker.registry  # noqa: E402, F401
+import heartworker.registry  # noqa: E402, F401 (active_registry reads it)
 from heartworker.section import activate, long_section, progress  # noqa: E402
 
 CAP, SHORTER_CAP, OPEN_GREENLETS = 600, 60, 10_000

@@ -8,7 +8,11 @@ shuffled deck of kinds (``benchmarks/soak_rules.py``: fast ones, long work in
 sections within their caps, CPU-bound and GIL-holding sections, sections past
 their caps, stalled ones, hangs outside sections), while faults arrive on a
 schedule: ``HUP`` reloads, ``TTIN``/``TTOU``, a worker ``SIGKILL``ed, a worker
-``SIGTERM``ed while it runs a section.
+``SIGTERM``ed while it runs a section.  Beside the deck, the *load*: more
+clients that send fast requests back to back (at least ``MIN_LOAD`` a minute:
+10,000 in a ``--quick`` run, 100,000 in ten minutes), each judged as the deck's:
+a fast request that fails is unexpected unless a worker's explained death ended
+it.
 
 Every answer is checked against what docs/semantics.md promises for its kind (see
 ``soak_rules``), and every worker that died must have died, in time and in the
@@ -29,6 +33,8 @@ import random
 import re
 import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -39,10 +45,15 @@ import requests
 import common
 import soak_rules as rules
 
-FLAVORS = [("sync", "heartworker.SyncWorker", 3),
-           ("gevent", "heartworker.GeventWorker", 2),
-           ("gthread", "heartworker.ThreadWorker", 2)]
+# (label, worker class, workers): one sync worker serves one request at a time, and the
+# deck's clients keep about four slow ones in flight: the load needs workers of its own.
+FLAVORS = [("sync", "heartworker.SyncWorker", 6),
+           ("gevent", "heartworker.GeventWorker", 3),
+           ("gthread", "heartworker.ThreadWorker", 3)]
 CLIENTS = 4
+# The load: clients that send only fast requests, back to back, beside the deck's (issue 25).
+LOAD_CLIENTS = 6
+MIN_LOAD = 10_000             # fast requests the load must send per minute of the run
 FAULTS = ["HUP", "TTIN", "KILL", "TTOU", "TERM"]
 RSS_GROWTH_LIMIT_MIB = 32     # per process over its sampled life
 RSS_BAND_MIB = 8              # the last third's median RSS above the first third's
@@ -96,6 +107,8 @@ class Phase:
     sentinel: set = field(default_factory=set)       # the sentinel server's workers
     born: dict = field(default_factory=dict)         # pid -> when first seen alive
     died: dict = field(default_factory=dict)         # pid -> when first seen gone
+    last_alive: dict = field(default_factory=dict)   # pid -> when last seen alive (it died
+    #                                                  between then and ``died``)
     deaths: dict = field(default_factory=dict)       # pid -> [(at, why)]
     how: dict = field(default_factory=dict)          # pid -> how it ended (``how_it_ended``)
     stopping: dict = field(default_factory=dict)     # pid -> when a graceful stop of it
@@ -108,6 +121,9 @@ class Phase:
     started: float = 0.0
     leftovers: int = 0
     leaks: list = field(default_factory=list)
+    seconds: float = 0.0
+    by_worker: dict = None     # pid -> its requests of the rarer kinds (see ran_during)
+    starvation: object = None  # the machine's stops (Starvation)
 
 
 # -- processes -------------------------------------------------------------------------
@@ -186,6 +202,18 @@ def client(srv, phase, cards, lock, until, number):
         one_request(srv, phase, kind, f"{phase.flavor}-{number}-{n}")
 
 
+def load_client(srv, phase, until, number):
+    """The load: fast requests, one after another until ``until`` (judged like the others)."""
+    for n in itertools.count():
+        if time.monotonic() >= until:
+            return
+        one_request(srv, phase, "fast", f"{phase.flavor}-load{number}-{n}")
+
+
+def is_load(result):
+    return "-load" in result.rid
+
+
 def one_request(srv, phase, kind, rid):
     result = Result(kind, rid, time.monotonic())
     phase.inflight[rid] = kind
@@ -212,6 +240,40 @@ def journal(path):
 def gil_holds(path):
     """{request id: seconds its C call held the GIL} (from soak_app: a hold that ended)."""
     return {rid: float(held[0]) for rid, _, _, *held in journal_lines(path) if held}
+
+
+# -- the machine ------------------------------------------------------------------------------
+class Starvation:
+    """When, and for how long, the machine kept its processes from running.
+
+    A process of its own (no other thread shares its GIL) sleeps ``TICK`` over and
+    over and writes down every wake that came more than ``LATE`` late: the CPUs
+    were taken.  A request that ran meanwhile was stopped that long too (its
+    worker, its client, the guard that ends it): ``during`` counts it as such.
+    """
+
+    TICK, LATE = 0.005, 0.02
+    CODE = ("import sys, time\n"
+            "while True:\n"
+            "    t = time.monotonic(); time.sleep(%r); woke = time.monotonic()\n"
+            "    if woke - t - %r > %r: print(woke, woke - t - %r, flush=True)\n")
+
+    def __init__(self):
+        code = self.CODE % (self.TICK, self.TICK, self.LATE, self.TICK)
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                     text=True)
+        self.late = []
+
+    def stop(self):
+        """Stop the probe; keep what it saw: [(woke, seconds late)]."""
+        self.proc.kill()
+        out, _ = self.proc.communicate(timeout=10)
+        self.late = [tuple(map(float, line.split())) for line in out.splitlines()]
+
+    def during(self, since, until):
+        """Seconds the machine stopped its processes between ``since`` and ``until``."""
+        return sum(min(woke, until) - max(woke - late, since) for woke, late in self.late
+                   if woke > since and woke - late < until)
 
 
 # -- faults and samples ----------------------------------------------------------------------
@@ -314,7 +376,10 @@ def watch(servers, phase, stop, sample_every):
                     if pid == master:   # the arbiter holds one heartbeat file per worker
                         fds -= len(workers)
                     phase.samples[pid].append((now, rss, fds, threads))
+        looked = time.monotonic()
         alive = {pid for srv in servers for pid in children(srv.proc.pid)}
+        for pid in alive:
+            phase.last_alive[pid] = looked
         seen_gone = time.monotonic()    # (after the look: a death is never dated before it)
         for pid in phase.born.keys() - alive - phase.died.keys():
             phase.died[pid] = seen_gone
@@ -367,8 +432,14 @@ def explain_deaths(phase, ran_on):
         for fault in phase.faults:
             aimed = fault.target == pid or pid in fault.oldest or \
                 fault.name == "HUP" and pid in fault.workers
-            # (gone between two looks: it was alive at the fault, so it died at once)
-            until = fault.at if died is None else died
+            # (gone between two looks: it was alive at the fault, so it died at once; else
+            # as early as it may have: just after the last look that saw it alive)
+            if died is None:
+                until = fault.at
+            elif died <= fault.at:
+                until = died
+            else:
+                until = max(fault.at, min(died, phase.last_alive.get(pid, died)))
             explains = aimed and rules.fault_explains(
                 fault.name, how, fault.at, until,
                 delayed=gil_held(phase, ran_on, pid, fault.at, until),
@@ -403,9 +474,16 @@ def explain_deaths(phase, ran_on):
 
 def ran_during(phase, ran_on, pid, kinds, since, until, besides=None):
     """Seconds that requests of ``kinds`` (``besides`` excepted) ran in worker ``pid``
-    between ``since`` and ``until``."""
-    return sum(max(0.0, min(r.end, until) - max(r.began, since)) for r in phase.results
-               if r.kind in kinds and r is not besides and ran_on.get(r.rid) == pid)
+    between ``since`` and ``until``.  ``kinds`` never holds ``fast``: the requests of
+    the other kinds are indexed by worker once (the load makes ``fast`` ones many)."""
+    assert "fast" not in kinds
+    if phase.by_worker is None:
+        phase.by_worker = collections.defaultdict(list)
+        for r in phase.results:
+            if r.kind != "fast" and r.rid in ran_on:
+                phase.by_worker[ran_on[r.rid]].append(r)
+    return sum(max(0.0, min(r.end, until) - max(r.began, since))
+               for r in phase.by_worker.get(pid, ()) if r.kind in kinds and r is not besides)
 
 
 def gil_held(phase, ran_on, pid, since, until):
@@ -457,7 +535,7 @@ def collateral(phase, r, ran_on):
     if pid is None:
         return r.outcome == "closed" and any(
             r.start <= died and (
-                abs(died - r.end) <= NEAR and closes_at_death(phase, worker)
+                closed_by_death(phase, worker, r) and closes_at_death(phase, worker)
                 or phase.flavor == "gthread" and worker in phase.stopping
                 and phase.stopping[worker] - NEAR <= r.end <= died + NEAR)
             for worker, died in same_server(phase, r.rid, phase.died.items())
@@ -467,7 +545,7 @@ def collateral(phase, r, ran_on):
     if not causes or died is None:
         return False
     if r.outcome in ("closed", "truncated"):
-        return abs(died - r.end) <= NEAR and closes_at_death(phase, pid)
+        return closed_by_death(phase, pid, r) and closes_at_death(phase, pid)
     stop = phase.stopping.get(pid)
     graceful = stop is not None and stop + rules.GRACEFUL - NEAR <= r.end <= (
         stop + rules.GRACEFUL + rules.CANCEL_WITHIN + rules.SLACK + r.blocked
@@ -476,6 +554,17 @@ def collateral(phase, r, ran_on):
         r.kind, phase.flavor, r.outcome, r.body, graceful=graceful,
         aborted=phase.how[pid] in ("code 1",) + rules.ABORTED) \
         and r.end - NEAR <= died <= r.end + rules.COLLATERAL_WITHIN
+
+
+def closed_by_death(phase, pid, r):
+    """Could worker ``pid``'s death have closed ``r``'s connection when the client saw it?
+
+    The death is known to lie between the watcher's last look that saw the worker
+    alive and the first that saw it gone; on a busy machine the looks come late, so
+    it is that interval, not its end, that the close must follow (``NEAR``).
+    """
+    died = phase.died[pid]
+    return phase.last_alive.get(pid, died) - NEAR <= r.end <= died + NEAR
 
 
 def same_server(phase, rid, pids_and_more):
@@ -544,15 +633,17 @@ def blocked_for(phase, r, ran_on, holds):
     others (``soak_rules.BLOCKERS``) on its worker, and for a GIL hold within its cap
     (``gil``), by the machine (``holds``: rid -> seconds its C call took; see
     ``soak_rules.stretched``).  A neighbour's GIL hold also stretches this one's, so
-    the two are not added: the longer counts."""
+    the two are not added: the longer counts.  And by a machine that ran nothing
+    meanwhile (``Starvation``)."""
+    starved = phase.starvation.during(r.began, r.end) if phase.starvation else 0.0
     pid = ran_on.get(r.rid)
     if pid is None:
-        return 0.0
+        return starved
     neighbours = ran_during(phase, ran_on, pid, rules.BLOCKERS[phase.flavor], r.began, r.end,
                             besides=r)
     if r.kind == "gil" and r.rid in holds:
-        return max(neighbours, rules.stretched(holds[r.rid]))
-    return neighbours
+        return max(neighbours, rules.stretched(holds[r.rid])) + starved
+    return neighbours + starved
 
 
 def judge(phase, ran_on, began, holds=None):
@@ -723,7 +814,9 @@ def run_phase(flavor, worker, workers, seconds, path, rng):
         servers.append(srv)
         sentinel, sentinel_journal = start_server(worker, 1, path, f"{flavor}-sentinel")
         servers.append(sentinel)
+        phase.starvation = Starvation()
         phase.started = time.monotonic()
+        phase.seconds = seconds
         until = phase.started + seconds
         every = max(3.0, min(15.0, seconds / 6))
         stop_watching = threading.Event()
@@ -731,6 +824,8 @@ def run_phase(flavor, worker, workers, seconds, path, rng):
         calm = deck(rules.survived_by(flavor), random.Random(rng.random()))
         threads = [threading.Thread(target=client, args=(srv, phase, cards, lock, until, n))
                    for n in range(CLIENTS)]
+        threads += [threading.Thread(target=load_client, args=(srv, phase, until, n))
+                    for n in range(LOAD_CLIENTS)]
         threads.append(threading.Thread(target=client, args=(
             sentinel, phase, calm, threading.Lock(), until, "sentinel")))
         threads.append(threading.Thread(target=faults, args=(
@@ -745,6 +840,7 @@ def run_phase(flavor, worker, workers, seconds, path, rng):
             if t.is_alive():
                 common.fail(f"{flavor}: a client or the fault thread did not finish")
         time.sleep(rules.GRACEFUL + 1)     # workers that were stopping finish
+        phase.starvation.stop()
         stop_watching.set()
         watcher.join()
         masters = [s.proc.pid for s in servers]
@@ -772,6 +868,9 @@ def run_phase(flavor, worker, workers, seconds, path, rng):
     finally:
         for s in servers:
             s.stop()
+        if phase.starvation is not None and phase.starvation.proc.poll() is None:
+            phase.starvation.proc.kill()
+            phase.starvation.proc.wait()
 
 
 def never_happened(phase):
@@ -819,8 +918,25 @@ def report(phases, minutes):
             cells.append(f"{len(mine)}: " + ", ".join(f"{o} x{n}" for o, n in
                                                       sorted(outcomes.items())))
         rows.append(cells)
-    print("\nRequests by kind (outcome x count; the sentinel's included), every one checked "
-          "against soak_rules:")
+    print("\nRequests by kind (outcome x count; the sentinel's and the load's included), every "
+          "one checked against soak_rules:")
+    common.table(headers, rows)
+
+    headers = ["worker class", "load requests", "a second", "200 latency p50 / p99 ms",
+               "not 200 (collateral / unexpected)"]
+    rows = []
+    for phase, _ in phases:
+        load = [r for r in phase.results if is_load(r)]
+        ok = sorted(r.end - r.start for r in load if r.outcome == "200")
+        failed = [r for r in load if r.outcome != "200"]
+        rows.append([phase.flavor, len(load), f"{len(load) / phase.seconds:.0f}",
+                     f"{1000 * common.percentile(ok, 50):.1f} / "
+                     f"{1000 * common.percentile(ok, 99):.1f}" if ok else "-",
+                     f"{len(failed)} ({sum(r.verdict == 'collateral' for r in failed)} / "
+                     f"{sum(r.verdict not in ('expected', 'collateral') for r in failed)})"])
+    print(f"The load ({LOAD_CLIENTS} clients sending fast requests back to back, beside "
+          f"the {CLIENTS} of the deck; each is judged as the deck's, and its latency counts "
+          f"from the send):")
     common.table(headers, rows)
 
     headers = ["worker class", "requests", "unexpected", "collateral", "faults",
@@ -855,6 +971,11 @@ def report(phases, minutes):
                 print(f"    {said}")
     total = sum(len(p.results) for p, _ in phases)
     unexpected = sum(len(p.unexpected) for p, _ in phases)
+    load = sum(is_load(r) for p, _ in phases for r in p.results)
+    if load < MIN_LOAD * minutes:
+        print(f"UNEXPECTED the load sent {load} fast requests in {minutes:g} min, fewer than "
+              f"{MIN_LOAD} a minute: it did not carry load")
+        unexpected += 1
     replaced = sum(len(p.deaths) for p, _ in phases)
     leaks = sum(len(p.leaks) for p, _ in phases)
     left = sum(p.leftovers for p, _ in phases)

@@ -13,6 +13,7 @@ import time
 from urllib.parse import parse_qs
 
 from heartworker import long_section
+from tests.apps.gil import hold_gil
 
 JOURNAL = os.environ.get("SOAK_JOURNAL")
 
@@ -29,24 +30,35 @@ def journal(rid, held=None):
             os.close(fd)
 
 
-def hold_gil_for(seconds, rid=None):
-    """Hold the GIL in one C call for about ``seconds`` (``sum(range(n))`` never releases it);
-    journal how long the call really took (request ``rid``).
+def gil_section(seconds, cap, rid=None, at_least=False):
+    """A section holding the GIL in one C call for about ``seconds``; journal how long
+    the call really took (from outside the section: inside, a cancellation waiting
+    for the call to return landed in the journaling, and the line was lost).
 
-    ``n`` comes from a measure taken now: this machine's speed under the soak's own load.
-    On a busy machine the call itself gets less of a core and takes longer (4 times as
-    long, seen while the test suite ran beside the soak), so its length is measured too.
+    The call is sized in wall time from a measure taken now, under the soak's own
+    load, so that a hold meant to end within its cap does on a busy machine (sized
+    in CPU time, 2.5 s took 13 s beside the load).  ``at_least``: sized in CPU time
+    instead (``tests/apps/gil.py``), so that a hold meant to outlast its cap and
+    --timeout always does: a busy moment that slowed the measure shrank one planned
+    for 8 s to 1.6 s.  A C call that gets less of a core takes longer (4 times as
+    long, seen while the test suite ran beside the soak): its length is journaled.
     """
-    n, took = 300_000, []
-    for _ in range(3):          # the fastest of three: a measure the scheduler cut into is slow
-        t = time.perf_counter()
-        sum(range(n))
-        took.append(time.perf_counter() - t)
-    n = int(seconds * n / min(took))
+    n = None
+    if not at_least:
+        n, took = 300_000, []
+        for _ in range(3):      # the fastest of three: a measure the scheduler cut into is slow
+            t = time.perf_counter()
+            sum(range(n))
+            took.append(time.perf_counter() - t)
+        n = int(seconds * n / min(took))
     began = time.monotonic()
     try:
-        sum(range(n))
-    finally:        # (a cancellation waiting for the call lands at its first bytecode after)
+        with long_section("soak gil", cap=cap):
+            if n is None:
+                hold_gil(seconds)
+            else:
+                sum(range(n))
+    finally:
         journal(rid, held=time.monotonic() - began)
 
 
@@ -60,7 +72,7 @@ def busy(seconds):
 FOREVER = 3600
 
 
-def route(path, s, cap, rid=None):
+def route(path, s, cap, rid=None, at_least=False):
     if path == "/fast":
         pass
     elif path == "/long":                      # waits inside a section, within its cap
@@ -70,8 +82,7 @@ def route(path, s, cap, rid=None):
         with long_section("soak cpu", cap=cap):
             busy(s)
     elif path == "/gil":                       # C code holding the GIL inside a section
-        with long_section("soak gil", cap=cap):
-            hold_gil_for(s, rid)
+        gil_section(s, cap, rid, at_least)
     elif path == "/cap_wait":                  # waits past its cap
         with long_section("soak cap_wait", cap=cap):
             time.sleep(FOREVER)
@@ -99,7 +110,7 @@ def app(environ, start_response):
     q = parse_qs(environ.get("QUERY_STRING", ""))
     s = float(q.get("s", ["0"])[0])
     cap = float(q.get("cap", ["60"])[0])
-    status, body = route(environ.get("PATH_INFO", "/"), s, cap, rid)
+    status, body = route(environ.get("PATH_INFO", "/"), s, cap, rid, "at_least" in q)
     start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 

@@ -43,6 +43,7 @@ included.  A request may end later by as long as such neighbours ran on its
 worker while it did (``BLOCKERS``, and the soak measures the overlap), no more.
 """
 
+import re
 from dataclasses import dataclass, replace
 
 TIMEOUT = 2.0        # --timeout of every soak server
@@ -67,15 +68,25 @@ class Expect:
     always_ends: bool = False    # ... and it must
     lo_from_app: bool = False    # ``lo`` counts from the app's start, not from the send
     second_look: bool = False    # only if the arbiter looked again right after its SIGABRT
+    worker_clock: bool = False   # ``lo``/``hi`` bound the time the 504 says its worker took
+    #                              (and ``hi`` the client's from the app's start, ...)
+    began_known: bool = True     # (... unless the request may never have reached the app)
 
     def allows(self, outcome, since_sent, since_began, body):
         """``since_sent``: from the client's send; ``since_began``: from its worker's start
         of the app (later: a request may wait in the listen queue, and be read).  A
         section's deadline counts from the app's start (``lo_from_app``); --timeout
-        from Gunicorn's, which comes a little before it."""
+        from Gunicorn's, which comes a little before it.  With ``worker_clock``, the
+        bounds hold for the time the worker measured (its 504 says ``N s elapsed``),
+        which the client's time must cover."""
+        if outcome != self.outcome or self.names not in body:
+            return False
+        if self.worker_clock:
+            took = re.search(r"(\d+\.\d+) s elapsed", body)
+            return took is not None and self.lo <= float(took.group(1)) <= min(
+                self.hi, since_sent + 0.05) and (since_began <= self.hi or not self.began_known)
         since = since_began if self.lo_from_app else since_sent
-        return (outcome == self.outcome and self.lo <= since
-                and since_began <= self.hi and self.names in body)
+        return self.lo <= since and since_began <= self.hi
 
     def __str__(self):
         named = f" naming {self.names!r}" if self.names else ""
@@ -86,14 +97,24 @@ CANCEL_WITHIN = 1.0  # from a deadline to the client's 504 (measured: under 0.1 
 
 
 def cancelled(deadline, name, why="ran past its cap"):
-    """The section cancelled at its deadline, the worker alive: not the backstop's abort."""
+    """The section cancelled at its deadline, the worker alive: not the backstop's abort.
+
+    Judged by its worker's clock too: the guard acted within ``CANCEL_WITHIN`` of
+    the deadline (the 504 says how long the section had run).  A starved machine
+    delivers the 504 later (1.4 s, beside two CPU hogs and the load, for one the
+    guard sent on time): the soak counts the time it kept every process from
+    running as time the request was stopped (``soak.Starvation``)."""
     return Expect("504", deadline, deadline + CANCEL_WITHIN, f"{name}' {why}",
-                  lo_from_app=True)
+                  lo_from_app=True, worker_clock=True)
 
 
-def cancelled_at_timeout():
-    """The threaded worker cancels a request thread past --timeout outside sections: it lives."""
-    return Expect("504", TIMEOUT, TIMEOUT + CANCEL_WITHIN, "--timeout")
+def cancelled_at_timeout(worker_clock=False):
+    """The threaded worker cancels a request thread past --timeout outside sections: it lives.
+
+    ``worker_clock``: at --timeout as its worker measured it, however long the
+    request waited before (see ``KINDS["fast"]``)."""
+    return Expect("504", TIMEOUT, TIMEOUT + CANCEL_WITHIN, "--timeout",
+                  worker_clock=worker_clock, began_known=not worker_clock)
 
 
 ABORTED = ("aborted", "aborted, then SIGKILL")   # the arbiter's abort (its SIGKILL if late)
@@ -140,6 +161,20 @@ def gil_past_cap(latest_deadline):
             Expect("504", CAP, end, "soak gil", ends_worker=ABORTED)]
 
 
+def held_past_its_vouch(cap):
+    """A C call that held the GIL inside a section past its cap + --timeout, however it
+    got that long (a starved machine stretches one planned within its cap: 2.5 s of
+    CPU took over 13 s beside two CPU hogs and the load), ends its worker by the
+    arbiter's abort, as for ``gil_cap``; never earlier (the standing vouch holds)."""
+    return [Expect("closed", cap + TIMEOUT, CLIENT_TIMEOUT, ends_worker=ABORTED,
+                   always_ends=True, lo_from_app=True),
+            Expect("504", cap + TIMEOUT, CLIENT_TIMEOUT, "soak gil", ends_worker=ABORTED,
+                   lo_from_app=True),
+            # (the call returned just before the arbiter's look: answered, then killed)
+            Expect("200", cap + TIMEOUT, cap + TIMEOUT + 1 + SLACK, ends_worker=ABORTED,
+                   always_ends=True, lo_from_app=True)]
+
+
 def stretched(held):
     """Seconds a busy machine stretched a ``gil`` request's C call (``held`` long) past its
     planned ``LONG``: counted as time the request was stopped (a C call gets less of a
@@ -159,8 +194,11 @@ SURVIVES_GIL = Expect("200", hi=NEIGHBOUR_CAP)          # a C call's length is o
 # kind: (path, weight in the deck, {flavor: [allowed outcomes]}); flavors are
 # "sync", "gevent" and "gthread"; a kind a flavor does not list is not sent to it.
 KINDS = {
+    # A threaded worker's request that the machine kept from running for --timeout (a
+    # queue for a free thread, the GIL, the CPU) is cancelled there, by its rule.
     "fast": ("/fast", 10, {
-        "sync": [SURVIVES], "gevent": [SURVIVES], "gthread": [SURVIVES]}),
+        "sync": [SURVIVES], "gevent": [SURVIVES],
+        "gthread": [SURVIVES, cancelled_at_timeout(worker_clock=True)]}),
     "long": (f"/long?s={LONG}&cap={NEIGHBOUR_CAP}", 2, {
         "sync": [SURVIVES_LONG], "gevent": [SURVIVES_LONG], "gthread": [SURVIVES_LONG]}),
     "cpu": (f"/cpu?s={LONG}&cap={NEIGHBOUR_CAP}", 2, {
@@ -187,7 +225,7 @@ KINDS = {
         "sync": aborted_by_the_arbiter(),
         # gevent: a greenlet that waits outside sections is never ended (stock): not sent.
         "gthread": [retired(TIMEOUT)]}),
-    "gil_cap": (f"/gil?s={GIL_HOLD}&cap={CAP}", 1, {
+    "gil_cap": (f"/gil?s={GIL_HOLD}&cap={CAP}&at_least=1", 1, {
         "sync": gil_past_cap(CAP),
         "gevent": gil_past_cap(NEIGHBOUR_CAP),
         "gthread": gil_past_cap(NEIGHBOUR_CAP)}),
@@ -283,6 +321,8 @@ def expected(kind, flavor, blocked=0.0):
     --timeout is cancelled, that worker's rule outside sections.
     """
     allowed = KINDS[kind][2][flavor]
+    if kind == "gil":
+        allowed = allowed + held_past_its_vouch(NEIGHBOUR_CAP)
     if not blocked:
         return allowed
     if kind in ("long", "cpu", "gil") and LONG + blocked >= NEIGHBOUR_CAP - CANCEL_WITHIN:

@@ -18,16 +18,20 @@ So, in the child, before any of its own code runs (``os.register_at_fork``):
   uses one gets an error, not a client.  The child's other descriptors (pipes,
   its own connections, a database's) are left alone.
 * **The child ends with the worker** (``PR_SET_PDEATHSIG``: ``SIGKILL`` when the
-  worker dies) if a thread that serves forked it: the serving thread, or a
-  request thread of the threaded worker.  The kernel sends the signal when the
-  *thread* that forked the child ends, so a child forked by another thread of
-  the application's is left alone.  ``HEARTWORKER_KEEP_CHILDREN=1`` (the
-  launcher's ``--keep-children``) turns this off, for an application whose
-  children are meant to outlive their worker; their sockets are released all
-  the same.
+  worker ends, a graceful exit or a recycle included) if a thread that serves
+  forked it: the serving thread, or a request thread of the threaded worker.
+  The kernel sends the signal when the *thread* that forked the child ends, so
+  a child forked by another thread of the application's is left alone.
 
-A child made by ``subprocess`` is not concerned: it runs another program, and
-``close_fds`` (the default) has closed the worker's descriptors already.
+``HEARTWORKER_KEEP_CHILDREN=1`` (the launcher's ``--keep-children``) turns both
+off, as in stock Gunicorn: for an application whose children are meant to
+outlive their worker, or that hands a client's connection to a child on purpose.
+
+A program started by ``subprocess`` is not concerned: its child runs the hook
+only for a ``preexec_fn``, which is skipped (the program may be meant to run on
+its own, and ``close_fds``, the default, closes the worker's descriptors anyway).
+Without ``/proc`` only the listeners themselves are released.  The hook costs
+about 10 µs per open descriptor of the worker (3 ms with 300), in each child.
 """
 
 import _socket
@@ -37,34 +41,44 @@ import os
 import signal
 import socket
 import stat
+import subprocess
+import sys
 
 PR_SET_PDEATHSIG = 1
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 _RealSocket = _socket.socket   # gevent patches ``socket.socket``, never ``_socket.socket``
+_EXECUTE_CHILD = subprocess.Popen._execute_child.__code__
 
 
 def listening_addresses(sockets):
-    """{(family, port or path)} of the worker's listeners: what marks a socket as theirs."""
+    """The worker's listening addresses: {(family, port or path)} for a listener on every
+    interface, {(family, address, port)} for one on a given address."""
     addresses = set()
     for sock in sockets:
         try:
-            addresses.add(address_key(sock.family, sock.getsockname()))
+            family, name = sock.family, sock.getsockname()
         except (OSError, AttributeError):
             continue
-    addresses.discard(None)
+        if family in (socket.AF_INET, socket.AF_INET6):
+            host = name[0]
+            wildcard = host in ("0.0.0.0", "::")
+            addresses.add((family, name[1]) if wildcard else (family, host, name[1]))
+        elif family == socket.AF_UNIX and name:
+            addresses.add((family, name))
     return addresses
 
 
-def address_key(family, name):
+def is_theirs(family, name, addresses):
+    """Is a socket of ``family`` whose local address is ``name`` on one of ``addresses``?
+    (A connection accepted on a listener has the listener's local address.)"""
     if family in (socket.AF_INET, socket.AF_INET6):
-        return family, name[1]
-    if family == socket.AF_UNIX and name:
-        return family, name
-    return None
+        return (family, name[1]) in addresses or (family, name[0], name[1]) in addresses
+    return family == socket.AF_UNIX and bool(name) and (family, name) in addresses
 
 
-def release_sockets(addresses, fd_dir="/proc/self/fd"):
+def release_sockets(addresses, listeners=(), fd_dir="/proc/self/fd"):
     """Point every socket on one of ``addresses`` at /dev/null; return how many.
+    (Without ``fd_dir``, only the descriptors in ``listeners``.)
 
     Run in a child just forked, which has a single thread.  Each socket is
     looked at through a ``_socket.socket`` on its descriptor, detached before it
@@ -72,16 +86,15 @@ def release_sockets(addresses, fd_dir="/proc/self/fd"):
     object never changes the blocking mode of the worker's own socket.
     """
     try:
-        names = os.listdir(fd_dir)
+        fds = [int(name) for name in os.listdir(fd_dir)]
     except OSError:
-        return 0
+        fds = list(listeners)
     default_timeout = _socket.getdefaulttimeout()
     _socket.setdefaulttimeout(None)
     devnull = os.open(os.devnull, os.O_RDWR)
     released = 0
     try:
-        for name in names:
-            fd = int(name)
+        for fd in fds:
             if fd != devnull and _theirs(fd, addresses):
                 os.dup2(devnull, fd)
                 released += 1
@@ -101,7 +114,7 @@ def _theirs(fd, addresses):
     try:
         if sock.family not in _STREAM_FAMILIES or sock.type != socket.SOCK_STREAM:
             return False
-        return address_key(sock.family, sock.getsockname()) in addresses
+        return is_theirs(sock.family, sock.getsockname(), addresses)
     except OSError:
         return False
     finally:
@@ -116,13 +129,28 @@ def _load_prctl():
         return None
 
 
+def in_subprocess(frame):
+    """Is ``frame``'s stack ``subprocess`` starting a program (its ``preexec_fn``'s fork)?"""
+    while frame is not None:
+        if frame.f_code is _EXECUTE_CHILD:
+            return True
+        frame = frame.f_back
+    return False
+
+
 class Children:
     """The at-fork child hook of one worker process."""
 
-    def __init__(self, sockets, serving, keep=False):
+    def __init__(self, sockets, serving):
         self.addresses = listening_addresses(sockets)
+        self.listeners = []
+        for sock in sockets:
+            try:
+                self.listeners.append(sock.fileno())
+            except (OSError, AttributeError):
+                continue
         self.serving = serving          # () -> does the current thread serve requests?
-        self.prctl = None if keep else _load_prctl()   # loaded here, not in each child
+        self.prctl = _load_prctl()      # loaded here, not in each child
         self.worker_pid = os.getpid()
         self.active = True
 
@@ -134,7 +162,9 @@ class Children:
         if not self.active or os.getpid() == self.worker_pid:
             return
         self.active = False             # (the child's own children are not the worker's)
-        release_sockets(self.addresses)
+        if in_subprocess(sys._getframe(1)):
+            return
+        release_sockets(self.addresses, self.listeners)
         if self.prctl is not None and self.serving():
             self.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
             if os.getppid() != self.worker_pid:   # the worker died before the prctl

@@ -123,6 +123,9 @@ class _Region:
         reg, wait = self.registry, self.wait
         lock = reg.lock
         self.held = False
+        if reg.serving_in and reg.get_ident() == reg.tid:
+            return False          # called back from within its quick region: never wait for
+        #                           the lock, whose holder may be waiting for that region
         if lock.acquire(wait != 0, wait if wait > 0 else -1):
             if reg.busy:
                 lock.release()

@@ -149,8 +149,12 @@ class LongSection(Section):
             code = caller.f_code       # (anchor()'s first test, inline: usually the caller)
             where = anchor(caller) if code.co_flags & _GENERATOR or code.co_name == "__enter__" \
                 or code is _ENTER_CONTEXT else caller
-            record = self if self.registry is None else \
-                Section(None, self.name, self.cap, INF, None, None, 0.0, self.cancel, self.stall)
+            if self.registry is None:  # (claimed in one step, with no call in between:
+                self.registry = registry   # two threads never both take it)
+                record = self
+            else:
+                record = Section(None, self.name, self.cap, INF, None, None, 0.0, self.cancel,
+                                 self.stall)
             self._open = record if registry.add(record, where) else _OUTSIDE
             if registry.cancel_waits:     # it came during the update: raise it here,
                 try:                      # before the `with` body (which will not run)

@@ -51,25 +51,29 @@ class Store:
         section.deadline = started + cap
         section.closed = False
         section.bound = None
-        if ident == self.tid and not (self.serving_in or self.busy):
-            self.serving_in = True            # (see Regions: the region is quick and lock-free
-            if not self.busy:                 # only if no other region began meanwhile)
-                try:
-                    self._file(section)
+        if ident == self.tid:
+            if self.serving_in:   # called back from within this thread's quick region (a
+                return False      # finalizer, a handler): vouch for nothing; never wait for
+            if not self.busy:     # the lock, whose holder may be waiting for this region
+                self.serving_in = True
+                try:              # (at once: nothing may leave the flag set)
+                    quick = not self.busy         # (no other region began meanwhile)
+                    if quick:
+                        self._file(section)
                 finally:
                     self.serving_in = False
-                if self.deferred:
-                    self.settle()
-                if section.deadline < self.next_wake or \
-                        section.stall is not None and started + section.stall < self.next_wake:
-                    self.ring()       # (its stall deadline: no progress yet)
-                return True
-            self.serving_in = False
+                if quick:
+                    if self.deferred:
+                        self.settle()
+                    if section.deadline < self.next_wake or section.stall is not None \
+                            and started + section.stall < self.next_wake:
+                        self.ring()   # (its stall deadline: no progress yet)
+                    return True
         with self.lock:           # `with`, `try`: an exception from a signal handler
-            if self.busy or self.serving_in and ident == self.tid:
-                return False      # (a finalizer or handler, mid-update on this thread:
-            try:                  # vouch for nothing) can never leave the lock held or
-                self.busy = True  # `busy` set
+            if self.busy:         # (a finalizer or handler, mid-update on this thread:
+                return False      # vouch for nothing) can never leave the lock held or
+            try:                  # `busy` set
+                self.busy = True
                 self.await_quick_region()     # (another thread: see regions.py)
                 self._file(section)
             finally:
@@ -89,22 +93,27 @@ class Store:
         """Close ``section`` (normally the innermost of its owner).  Writes nothing."""
         if not self.enabled:
             return
-        if not (self.serving_in or self.busy) and self.get_ident() == self.tid:
-            self.serving_in = True            # a quick region, as in `add`
-            if not self.busy:
+        if self.get_ident() == self.tid:
+            if self.serving_in:   # called back from within this thread's quick region: closed
+                self.deferred.append(section)     # as it ends (no other region runs meanwhile)
+                return
+            if not self.busy:     # a quick region, as in `add`
+                self.serving_in = True
                 try:
-                    self._close(section)
+                    quick = not self.busy
+                    if quick:
+                        self._close(section)
                 finally:
                     self.serving_in = False
-                section.frame = None          # outside the region: this may free the
-                if self.deferred:             # caller's locals
-                    self.settle()
-                return
-            self.serving_in = False
+                if quick:
+                    section.frame = None      # outside the region: this may free the
+                    if self.deferred:         # caller's locals
+                        self.settle()
+                    return
         with self.lock:
-            if self.busy or self.serving_in and self.get_ident() == self.tid:
-                self.deferred.append(section)  # a finalizer, mid-update on this thread:
-                return                         # closed at the end of that region
+            if self.busy:         # a finalizer, mid-update on this thread: closed at the
+                self.deferred.append(section)     # end of that region
+                return
             try:
                 self.busy = True
                 self.await_quick_region()     # (another thread: see regions.py)

@@ -114,9 +114,15 @@ class HeartWorkerMixin:
         except SettingError as exc:
             self.log.error("heartworker: invalid setting: %s. The worker refuses to boot.", exc)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        if not getattr(sys, "_is_gil_enabled", lambda: True)():
+            self.log.error("heartworker: this Python runs without the GIL (a free-threaded "
+                           "build), which heartworker's bookkeeping relies on (see "
+                           "heartworker/regions.py); run it with PYTHON_GIL=1. The worker "
+                           "refuses to boot.")
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
         # Before the app loads: a child it forks keeps nothing of the worker's (children.py).
-        Children(self.sockets, self.forks_from_serving_thread,
-                 keep=self.heart_settings.keep_children).install()
+        if not self.heart_settings.keep_children:
+            Children(self.sockets, self.forks_from_serving_thread).install()
         super().init_process()
 
     def forks_from_serving_thread(self):

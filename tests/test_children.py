@@ -74,15 +74,14 @@ def test_a_child_forked_in_a_request_keeps_no_socket_and_ends_with_its_worker(ev
         kill(child)
 
 
-def test_the_port_is_free_once_the_server_stopped_though_a_child_lived(server):
-    srv = server(timeout=TIMEOUT, env={"HEARTWORKER_KEEP_CHILDREN": "1"})
+def test_the_port_is_free_once_the_server_stopped(server):
+    srv = server(timeout=TIMEOUT)
     child = int(srv.get(f"/fork_child?s={CHILD_SLEEPS}").text)
     try:
         srv.proc.send_signal(signal.SIGTERM)     # `kill <arbiter>`: its group lives on
         srv.proc.wait(10)
         time.sleep(0.5)
-        assert pid_alive(child), "kept: HEARTWORKER_KEEP_CHILDREN=1"
-        assert sockets_released(child), "its sockets released all the same"
+        assert not pid_alive(child), "it ended with its worker"
         assert port_is_free(srv.port), "no process holds the port"
     finally:
         kill(child)
@@ -118,13 +117,33 @@ def test_a_fork_pool_in_a_gevent_request_does_not_hold_its_client(server, worker
     assert time.monotonic() - began < TIMEOUT + MARGIN + 5
 
 
-def test_the_launchers_keep_children_keeps_a_child_past_its_workers_death(server):
-    srv = server(program="heartworker", args=["--keep-children"], timeout=TIMEOUT)
+@pytest.mark.parametrize("how", ["--keep-children", "HEARTWORKER_KEEP_CHILDREN=1"])
+def test_keep_children_leaves_children_as_stock_gunicorn_does(server, how):
+    # For an app whose children are meant to outlive their worker, or that hands a
+    # client's connection to a child on purpose.
+    if how.startswith("--"):
+        srv = server(program="heartworker", args=[how], timeout=TIMEOUT)
+    else:
+        srv = server(timeout=TIMEOUT, env=dict([how.split("=")]))
     child = int(srv.get(f"/fork_child?s={CHILD_SLEEPS}").text)
     try:
-        assert sockets_released(child)
+        time.sleep(0.3)
+        assert sockets_of(child), "it keeps what it inherited"
         os.kill(srv.worker_pids()[0], 9)
         time.sleep(0.5)
-        assert pid_alive(child), "--keep-children: it outlives its worker"
+        assert pid_alive(child), "it outlives its worker"
     finally:
         kill(child)
+
+
+def test_a_program_started_by_subprocess_with_a_preexec_fn_is_left_alone(server):
+    # CPython runs the at-fork hooks in a child made for a preexec_fn: the program
+    # (maybe meant to run on its own: preexec_fn=os.setsid) must not get PDEATHSIG.
+    srv = server(timeout=TIMEOUT)
+    program = int(srv.get(f"/spawn_detached?s={CHILD_SLEEPS}").text)
+    try:
+        os.kill(srv.worker_pids()[0], 9)
+        time.sleep(0.5)
+        assert pid_alive(program), "it outlives its worker"
+    finally:
+        kill(program)

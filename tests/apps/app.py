@@ -516,6 +516,10 @@ def route(path, q):
         fork_pool(s)
     elif path == "/fork_child":
         return str(fork_child(s)).encode()
+    elif path == "/spawn_detached":
+        import subprocess
+        program = subprocess.Popen(["sleep", str(s)], preexec_fn=os.setsid)
+        return str(program.pid).encode()
     elif path == "/fork_child_then_wait":
         fork_child(s)
         time.sleep(s)                   # (under gevent: a greenlet that waits)
