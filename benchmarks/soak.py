@@ -537,7 +537,7 @@ def collateral(phase, r, ran_on):
             r.start <= died and (
                 closed_by_death(phase, worker, r) and closes_at_death(phase, worker)
                 or phase.flavor == "gthread" and worker in phase.stopping
-                and phase.stopping[worker] - NEAR <= r.end <= died + NEAR)
+                and phase.stopping[worker] - WATCH_EVERY <= r.end <= died + NEAR)
             for worker, died in same_server(phase, r.rid, phase.died.items())
             if phase.deaths.get(worker))
     died = phase.died.get(pid)

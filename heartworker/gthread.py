@@ -210,8 +210,9 @@ class ThreadFlavor:
         reg, owner = guard.registry, section.owner
         with reg.region(LOCK_WAIT) as held:
             # In the region: no request can end (and withdraw it) between the look and the send.
+            frame = sys._current_frames().get(owner)
             if not held or section.closed or section.delivered or owner not in reg.requests \
-                    or not runs_app_code(sys._current_frames().get(owner)):
+                    or not runs_app_code(frame) or reg.in_delicate_code(frame):
                 return False
             self.waiting.pop(owner, None)
             RequestCancelled.messages[owner] = section.why

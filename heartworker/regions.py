@@ -30,6 +30,8 @@ from time import monotonic
 from .native import sleep as _sleep
 
 LOCK_WAIT = 1.0   # seconds the guard waits for the lock before it treats the holder as stuck
+# The modules whose code a cancellation never interrupts (see Regions.in_delicate_code).
+DELICATE = frozenset({"logging", "logging.handlers"})
 QUICK_WAIT = 0.0002  # seconds between two looks at a quick region that has not ended yet
 # heartworker's modules whose code updates or reads the sections (the decorator's
 # wrapper, `in_section`, runs the decorated function: that is the section's code).
@@ -85,7 +87,29 @@ class Regions:
         if self.busy and self.lock._is_owned() or self.serving_in and \
                 self.get_ident() == self.tid:
             return False
-        return not self.in_bookkeeping(frame)
+        return not self.in_bookkeeping(frame) and not self.in_delicate_code(frame)
+
+    def in_delicate_code(self, frame):
+        """Is ``frame``'s stack (any thread's) in code that a cancellation must not cut?
+
+        * ``logging``: ``Handler.handle`` and the module's own lock take a lock, then
+          enter the ``try`` that releases it; an exception that lands between the two
+          (in a handler's ``acquire``, a filter or a formatter the app gave it: app
+          code, called back from logging) leaves it held for good, and every later
+          log line of another greenlet or thread waits for it (under gevent:
+          ``LoopExit``).  Found by the soak on a starved machine.
+        * another signal handler (``handler_codes``: the worker's, such as
+          Gunicorn's ``handle_exit``, which the cancellation's signal can interrupt
+          as it starts): its work would be cut short (a SIGTERM lost).
+
+        The cancellation waits: its signal comes again every ``RESEND`` seconds.
+        """
+        handlers = self.handler_codes
+        while frame is not None:
+            if frame.f_code in handlers or frame.f_globals.get("__name__") in DELICATE:
+                return True
+            frame = frame.f_back
+        return False
 
     @staticmethod
     def in_bookkeeping(frame):

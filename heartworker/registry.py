@@ -78,6 +78,7 @@ class Registry(Store, Queries, Requests, Vouching, Regions):
         # raises it where the bookkeeping returns to the section's code.
         self.cancel_waits = False
         self.land = nothing_at
+        self.handler_codes = frozenset()  # the worker's signal handlers (in_delicate_code)
         # The guard's: when it looks next, and how to wake it sooner.
         self.next_wake = INF
         self.ring = nothing

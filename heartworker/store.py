@@ -226,16 +226,7 @@ class Store:
             deadline = stall_bound(stack, deadline)
         # The standing vouch: exact with one owner, the latest deadline with
         # several (another owner's section is open, so a standing vouch exists).
-        if len(stacks) != 1:
-            deadline = max(deadline, self.standing)
-        if deadline > self.limit:
-            deadline = self.limit
-        self.standing = deadline
-        written = self.written
-        # Anything in [deadline - window, deadline] keeps the worker alive to the
-        # deadline and dead by deadline + window: most entries need no syscall.
-        if written is None or not (deadline - self.window <= written <= deadline):
-            self._write(deadline)
+        self._stand(deadline if len(stacks) == 1 else max(deadline, self.standing))
 
     def _close(self, section):
         if section.closed:

@@ -58,6 +58,22 @@ def guard_tick(timeout):
     return min(1.0, max(0.05, timeout / 4.0))
 
 
+def handler_codes(except_for):
+    """The code objects of the Python signal handlers installed now (but ``except_for``'s)."""
+    codes = set()
+    for number in signal.valid_signals():
+        if number == except_for:
+            continue
+        try:
+            handler = signal.getsignal(number)
+        except (OSError, ValueError):
+            continue
+        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+        if code is not None:
+            codes.add(code)
+    return frozenset(codes)
+
+
 class HeartWorkerMixin:
 
     def make_flavor(self):
@@ -133,6 +149,8 @@ class HeartWorkerMixin:
     def init_signals(self):
         super().init_signals()
         signal.signal(CANCEL_SIGNAL, self.handle_cancel)
+        if self.heart is not None:    # (a cancellation never cuts one short: regions.py)
+            self.heart.handler_codes = handler_codes(except_for=CANCEL_SIGNAL)
         if self.aftermath is not None:
             # stacks left by a worker killed with the GIL held (in its startup: a failed one)
             self.aftermath.collect(self.startup_killed_note)
@@ -158,6 +176,8 @@ class HeartWorkerMixin:
                                  "hub) is ended by the arbiter --timeout after its deadline, "
                                  "before that grace", self.guard.grace_name, grace,
                                  self.cfg.timeout)
+        if self.heart is not None and not self.heart.handler_codes:   # (a custom arbiter)
+            self.heart.handler_codes = handler_codes(except_for=CANCEL_SIGNAL)
         super().load_wsgi()
         if self.flavor is not None:
             self.wsgi = noting_response(self.wsgi, self.flavor.request_context)

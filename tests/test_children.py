@@ -5,6 +5,7 @@ client's connection, the client of a dead worker waited for the child, and the
 child outlived the worker, holding the port after the server stopped.
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -61,30 +62,37 @@ def kill(pid):
         pass
 
 
-def test_a_child_forked_in_a_request_keeps_no_socket_and_ends_with_its_worker(every_worker):
-    srv = every_worker(timeout=TIMEOUT)
-    child = int(srv.get(f"/fork_child?s={CHILD_SLEEPS}").text)
+@contextlib.contextmanager
+def forked_child(srv, path="/fork_child"):
+    """The pid of a child (or program) the worker starts for ``path``; killed at the end."""
+    child = int(srv.get(f"{path}?s={CHILD_SLEEPS}").text)
     try:
-        assert pid_alive(child)
-        assert sockets_released(child), "neither the listener nor the client's connection"
-        worker = srv.worker_pids()[0]
-        os.kill(worker, 9)                  # the worker dies (as the arbiter kills it)
-        assert wait_dead(child, 2), "the child ended with its worker"
+        yield child
     finally:
         kill(child)
 
 
+def kill_the_worker(srv):
+    os.kill(srv.worker_pids()[0], 9)      # the worker dies (as the arbiter kills it)
+
+
+def test_a_child_forked_in_a_request_keeps_no_socket_and_ends_with_its_worker(every_worker):
+    srv = every_worker(timeout=TIMEOUT)
+    with forked_child(srv) as child:
+        assert pid_alive(child)
+        assert sockets_released(child), "neither the listener nor the client's connection"
+        kill_the_worker(srv)
+        assert wait_dead(child, 2), "the child ended with its worker"
+
+
 def test_the_port_is_free_once_the_server_stopped(server):
     srv = server(timeout=TIMEOUT)
-    child = int(srv.get(f"/fork_child?s={CHILD_SLEEPS}").text)
-    try:
+    with forked_child(srv) as child:
         srv.proc.send_signal(signal.SIGTERM)     # `kill <arbiter>`: its group lives on
         srv.proc.wait(10)
         time.sleep(0.5)
         assert not pid_alive(child), "it ended with its worker"
         assert port_is_free(srv.port), "no process holds the port"
-    finally:
-        kill(child)
 
 
 @pytest.mark.gevent
@@ -125,25 +133,19 @@ def test_keep_children_leaves_children_as_stock_gunicorn_does(server, how):
         srv = server(program="heartworker", args=[how], timeout=TIMEOUT)
     else:
         srv = server(timeout=TIMEOUT, env=dict([how.split("=")]))
-    child = int(srv.get(f"/fork_child?s={CHILD_SLEEPS}").text)
-    try:
+    with forked_child(srv) as child:
         time.sleep(0.3)
         assert sockets_of(child), "it keeps what it inherited"
-        os.kill(srv.worker_pids()[0], 9)
+        kill_the_worker(srv)
         time.sleep(0.5)
         assert pid_alive(child), "it outlives its worker"
-    finally:
-        kill(child)
 
 
 def test_a_program_started_by_subprocess_with_a_preexec_fn_is_left_alone(server):
     # CPython runs the at-fork hooks in a child made for a preexec_fn: the program
     # (maybe meant to run on its own: preexec_fn=os.setsid) must not get PDEATHSIG.
     srv = server(timeout=TIMEOUT)
-    program = int(srv.get(f"/spawn_detached?s={CHILD_SLEEPS}").text)
-    try:
-        os.kill(srv.worker_pids()[0], 9)
+    with forked_child(srv, "/spawn_detached") as program:
+        kill_the_worker(srv)
         time.sleep(0.5)
         assert pid_alive(program), "it outlives its worker"
-    finally:
-        kill(program)

@@ -179,3 +179,21 @@ def test_a_section_deeper_than_a_thousand_frames_vouches(start):
     status, took = timed_get(srv, "/deep_section?depth=3000&s=4")
     assert status == 200 and took >= 4, srv.log()
     assert "WORKER TIMEOUT" not in srv.log()
+
+
+# -- 7. what a cancellation never interrupts -----------------------------------------------
+def test_a_cancellation_never_lands_in_logging_code(every_worker):
+    # A cancellation that lands in logging.Handler.handle after its acquire() and before
+    # its try leaves the handler's lock held for good: every later log line of another
+    # greenlet or thread then waits for it (gevent: LoopExit, "this operation would block
+    # forever"; found by the soak on a starved machine). It lands once logging returned.
+    srv = every_worker(timeout=TIMEOUT)
+    for _ in range(3):
+        status, took = timed_get(srv, "/logging_in_section?cap=1")
+        assert status == 504 and took < 1 + MARGIN, (status, took)
+    results = {}
+    threads = [in_background(srv, f"/log?n={n}", results, timeout=10)[0] for n in range(4)]
+    for thread in threads:
+        thread.join(12)
+    assert [status for status, _ in results.values()] == [200] * 4, \
+        f"logging still works: no handler's lock was left held ({results})"

@@ -7,6 +7,7 @@ the query string.  Function names matter: tests look for them in logged stacks.
 
 import contextlib
 import gc
+import logging
 import os
 import sys
 import threading
@@ -255,6 +256,32 @@ def fork_pool_then_block(seconds):
     pool = multiprocessing.get_context("fork").Pool(1)
     pool.apply_async(time.sleep, (seconds,))
     busy_outside(seconds)
+
+
+class SlowToLockHandler(logging.Handler):
+    """A log handler whose lock takes a while to take: a cancellation that lands while
+    ``logging.Handler.handle`` takes it (after its ``acquire``, before its ``try``) would
+    leave it held for good, and every later log line of the worker would wait for it."""
+
+    def acquire(self):
+        super().acquire()
+        busy_outside(0.02)
+
+    def emit(self, record):
+        pass
+
+
+LOGGER = logging.getLogger("tests.app.slow_lock")
+LOGGER.addHandler(SlowToLockHandler())
+LOGGER.propagate = False
+
+
+def logging_in_section(cap):
+    """A section that works and logs (most of its time in logging) until its cap cancels it."""
+    with long_section("logging", cap=cap):
+        while True:
+            busy_outside(0.01)
+            LOGGER.warning("still working")
 
 
 def inner_outlives_outer(outer_cap):
@@ -520,6 +547,11 @@ def route(path, q):
         import subprocess
         program = subprocess.Popen(["sleep", str(s)], preexec_fn=os.setsid)
         return str(program.pid).encode()
+    elif path == "/logging_in_section":
+        logging_in_section(cap)
+    elif path == "/log":
+        LOGGER.warning("one line")
+        return b"logged"
     elif path == "/fork_child_then_wait":
         fork_child(s)
         time.sleep(s)                   # (under gevent: a greenlet that waits)
