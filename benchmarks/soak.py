@@ -65,6 +65,7 @@ WARM_UP_SECONDS = 20          # ... after their first samples (imports, caches, 
 SLOPE_LIMITS = {"RSS MiB": 32, "open fds": 24, "threads": 24}
 SLOPE_RISE = {"RSS MiB": 4, "open fds": 2, "threads": 2}   # ... and its thirds rose this much
 WATCH_EVERY = 0.1             # how often the soak looks for workers that died
+SEEN_GONE_WITHIN = 1.0        # a death is dated at most this long before it was seen
 SEED = 1234
 
 
@@ -237,6 +238,12 @@ def journal(path):
             if not held}
 
 
+def returned_calls(path):
+    """The requests whose GIL-holding call returned (soak_app journals ``<rid>/returned``)."""
+    return {rid[:-len("/returned")] for rid, *_ in journal_lines(path)
+            if rid.endswith("/returned")}
+
+
 def gil_holds(path):
     """{request id: seconds its C call held the GIL} (from soak_app: a hold that ended)."""
     return {rid: float(held[0]) for rid, _, _, *held in journal_lines(path) if held}
@@ -260,15 +267,20 @@ class Starvation:
 
     def __init__(self):
         code = self.CODE % (self.TICK, self.TICK, self.LATE, self.TICK)
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                     text=True)
+        self.out = tempfile.TemporaryFile(mode="w+")    # (a pipe would fill, and stop it)
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=self.out, text=True)
         self.late = []
 
     def stop(self):
         """Stop the probe; keep what it saw: [(woke, seconds late)]."""
         self.proc.kill()
-        out, _ = self.proc.communicate(timeout=10)
-        self.late = [tuple(map(float, line.split())) for line in out.splitlines()]
+        self.proc.wait(10)
+        self.out.seek(0)
+        self.late = [tuple(map(float, line.split())) for line in self.out.read().splitlines()]
+        self.out.close()
+
+    def total(self):
+        return sum(late for _, late in self.late)
 
     def during(self, since, until):
         """Seconds the machine stopped its processes between ``since`` and ``until``."""
@@ -423,15 +435,19 @@ def explain_deaths(phase, ran_on):
     from just before its answer (the connection closed by the death) to
     ``DIES_WITHIN`` after it.
     """
+    hups = booted_before_each_hup(phase.log)
     for pid in phase.booted:
         if pid in phase.alive_at_end:
             continue
         died = phase.died.get(pid)            # None: born and gone between two looks
         how = phase.how[pid] = how_it_ended(phase.log, pid)
         why, stops = [], []
+        hup = 0
         for fault in phase.faults:
             aimed = fault.target == pid or pid in fault.oldest or \
-                fault.name == "HUP" and pid in fault.workers
+                fault.name == "HUP" and (pid in fault.workers or pid in (
+                    hups[hup] if hup < len(hups) else ()))
+            hup += fault.name == "HUP"
             # (gone between two looks: it was alive at the fault, so it died at once; else
             # as early as it may have: just after the last look that saw it alive)
             if died is None:
@@ -439,7 +455,7 @@ def explain_deaths(phase, ran_on):
             elif died <= fault.at:
                 until = died
             else:
-                until = max(fault.at, min(died, phase.last_alive.get(pid, died)))
+                until = max(fault.at, min(died, earliest_death(phase, pid)))
             explains = aimed and rules.fault_explains(
                 fault.name, how, fault.at, until,
                 delayed=gil_held(phase, ran_on, pid, fault.at, until),
@@ -470,6 +486,21 @@ def explain_deaths(phase, ran_on):
                             for r in phase.results if ran_on.get(r.rid) == pid)
             phase.unexpected.append((f"worker {pid} ended ({how}){when}, and no fault or "
                                      f"request explains it; it ran: {ran or 'nothing'}", pid))
+
+
+def booted_before_each_hup(log):
+    """[the workers booted before the arbiter handled the n-th HUP], from its log.
+
+    A worker it spawned after the soak listed its workers, but before it handled
+    the HUP, is an old worker that the reload stops too."""
+    found, booted = [], set()
+    for line in log.splitlines():
+        booting = re.search(r"Booting worker with pid: (\d+)", line)
+        if booting:
+            booted.add(int(booting.group(1)))
+        elif "Handling signal: hup" in line:
+            found.append(set(booted))
+    return found
 
 
 def ran_during(phase, ran_on, pid, kinds, since, until, besides=None):
@@ -564,7 +595,15 @@ def closed_by_death(phase, pid, r):
     it is that interval, not its end, that the close must follow (``NEAR``).
     """
     died = phase.died[pid]
-    return phase.last_alive.get(pid, died) - NEAR <= r.end <= died + NEAR
+    return earliest_death(phase, pid) - NEAR <= r.end <= died + NEAR
+
+
+def earliest_death(phase, pid):
+    """The earliest a worker seen gone may have died: after the last look that saw it
+    alive, and at most ``SEEN_GONE_WITHIN`` before the first that saw it gone (a gap
+    between looks longer than that excuses no more)."""
+    died = phase.died[pid]
+    return max(phase.last_alive.get(pid, died), died - SEEN_GONE_WITHIN)
 
 
 def same_server(phase, rid, pids_and_more):
@@ -646,20 +685,24 @@ def blocked_for(phase, r, ran_on, holds):
     return neighbours + starved
 
 
-def judge(phase, ran_on, began, holds=None):
+def judge(phase, ran_on, began, holds=None, returned=None):
     """Each result's verdict, from its worker (``ran_on``: rid -> pid) and its time there.
 
     A request's time is bounded below from when it was sent, and above from
     when its worker's app began it (``began``: rid -> monotonic, the
     journal's): a sync worker's requests wait in the listen queue while all
-    workers are busy.  ``holds`` (rid -> seconds): how long the GIL holds took.
+    workers are busy.  ``holds`` (rid -> seconds): how long the GIL holds took;
+    ``returned``: the requests whose GIL-holding call returned (None: all did).
     """
+    if returned is None:
+        returned = {r.rid for r in phase.results}
     for r in phase.results:
         r.began = began.get(r.rid, r.start)
     for r in phase.results:
         r.blocked = blocked_for(phase, r, ran_on, holds or {})
         r.expect = rules.verdict(r.kind, phase.flavor, r.outcome, r.end - r.start,
-                                 r.end - r.began, r.body, r.blocked)
+                                 r.end - r.began, r.body, r.blocked, r.rid in ran_on,
+                                 r.rid in returned)
         if r.expect is not None:
             r.verdict = "expected"
     explain_deaths(phase, ran_on)
@@ -670,7 +713,8 @@ def judge(phase, ran_on, began, holds=None):
         if collateral(phase, r, ran_on):
             r.verdict = "collateral"
             continue
-        allowed = " or ".join(str(e) for e in rules.expected(r.kind, phase.flavor, r.blocked))
+        allowed = " or ".join(str(e) for e in rules.expected(
+            r.kind, phase.flavor, r.blocked, r.rid in ran_on, r.rid in returned))
         r.verdict = r.owed or (
             f"{r.kind} ({r.rid}, worker {ran_on.get(r.rid, '?')}): got {r.outcome} after "
             f"{r.end - r.began:.2f} s there ({r.end - r.start:.2f} s since sent) "
@@ -852,9 +896,12 @@ def run_phase(flavor, worker, workers, seconds, path, rng):
         phase.log = srv.log() + sentinel.log()
         phase.leftovers = sum(stop_server(s, phase) for s in servers)
         ran = {**journal(journal_path), **journal(sentinel_journal)}
+        gil = [r.rid for r in phase.results if r.kind in rules.GIL_KINDS]
         judge(phase, {rid: pid for rid, (pid, _) in ran.items()},
               {rid: began for rid, (_, began) in ran.items()},
-              {**gil_holds(journal_path), **gil_holds(sentinel_journal)})
+              {**gil_holds(journal_path), **gil_holds(sentinel_journal)},
+              (returned_calls(journal_path) | returned_calls(sentinel_journal)
+               | {r.rid for r in phase.results if r.rid not in gil}))
         serving = {}
         for pid, began in ran.values():
             serving[pid] = min(began, serving.get(pid, began))
@@ -923,7 +970,7 @@ def report(phases, minutes):
     common.table(headers, rows)
 
     headers = ["worker class", "load requests", "a second", "200 latency p50 / p99 ms",
-               "not 200 (collateral / unexpected)"]
+               "not 200 (collateral / unexpected)", "machine stalled s"]
     rows = []
     for phase, _ in phases:
         load = [r for r in phase.results if is_load(r)]
@@ -933,7 +980,8 @@ def report(phases, minutes):
                      f"{1000 * common.percentile(ok, 50):.1f} / "
                      f"{1000 * common.percentile(ok, 99):.1f}" if ok else "-",
                      f"{len(failed)} ({sum(r.verdict == 'collateral' for r in failed)} / "
-                     f"{sum(r.verdict not in ('expected', 'collateral') for r in failed)})"])
+                     f"{sum(r.verdict not in ('expected', 'collateral') for r in failed)})",
+                     f"{phase.starvation.total():.1f}" if phase.starvation else "-"])
     print(f"The load ({LOAD_CLIENTS} clients sending fast requests back to back, beside "
           f"the {CLIENTS} of the deck; each is judged as the deck's, and its latency counts "
           f"from the send):")

@@ -58,6 +58,7 @@ def gil_section(seconds, cap, rid=None, at_least=False):
                 hold_gil(seconds)
             else:
                 sum(range(n))
+            journal(f"{rid}/returned" if rid else None)   # (its worker was not killed in it)
     finally:
         journal(rid, held=time.monotonic() - began)
 

@@ -27,9 +27,10 @@ So, in the child, before any of its own code runs (``os.register_at_fork``):
 off, as in stock Gunicorn: for an application whose children are meant to
 outlive their worker, or that hands a client's connection to a child on purpose.
 
-A program started by ``subprocess`` is not concerned: its child runs the hook
-only for a ``preexec_fn``, which is skipped (the program may be meant to run on
-its own, and ``close_fds``, the default, closes the worker's descriptors anyway).
+A program started by ``subprocess`` is not concerned: the fork made to start it
+(for a ``preexec_fn``; under gevent, for every program) is skipped, since the
+program may be meant to run on its own, and ``close_fds`` (the default) closes
+the worker's descriptors anyway.
 Without ``/proc`` only the listeners themselves are released.  The hook costs
 about 10 µs per open descriptor of the worker (3 ms with 300), in each child.
 """
@@ -41,13 +42,11 @@ import os
 import signal
 import socket
 import stat
-import subprocess
 import sys
 
 PR_SET_PDEATHSIG = 1
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 _RealSocket = _socket.socket   # gevent patches ``socket.socket``, never ``_socket.socket``
-_EXECUTE_CHILD = subprocess.Popen._execute_child.__code__
 
 
 def listening_addresses(sockets):
@@ -130,9 +129,12 @@ def _load_prctl():
 
 
 def in_subprocess(frame):
-    """Is ``frame``'s stack ``subprocess`` starting a program (its ``preexec_fn``'s fork)?"""
+    """Is ``frame``'s stack ``subprocess`` starting a program?  (The standard library's
+    forks there only for a ``preexec_fn``; gevent's, for every program.)"""
     while frame is not None:
-        if frame.f_code is _EXECUTE_CHILD:
+        code = frame.f_code
+        if code.co_name == "_execute_child" and frame.f_globals.get("__name__") in \
+                ("subprocess", "gevent.subprocess"):
             return True
         frame = frame.f_back
     return False

@@ -150,16 +150,23 @@ class _Region:
         if reg.serving_in and reg.get_ident() == reg.tid:
             return False          # called back from within its quick region: never wait for
         #                           the lock, whose holder may be waiting for that region
-        if lock.acquire(wait != 0, wait if wait > 0 else -1):
-            if reg.busy:
-                lock.release()
-            else:
-                reg.busy = True
-                if reg.await_quick_region(wait):
-                    self.held = True
-                else:
-                    reg.busy = False
+        owned = lock._is_owned()  # (re-entered: an outer region of this thread holds it)
+        try:
+            if lock.acquire(wait != 0, wait if wait > 0 else -1):
+                if reg.busy:
                     lock.release()
+                else:
+                    reg.busy = True
+                    if reg.await_quick_region(wait):
+                        self.held = True
+                    else:
+                        reg.busy = False
+                        lock.release()
+        except BaseException:     # a signal handler's exception, between two of these
+            if not owned and lock._is_owned():    # lines: never leave the lock held
+                reg.busy = self.held = False
+                lock.release()
+            raise
         return self.held
 
     def __exit__(self, *exc):

@@ -141,10 +141,11 @@ def test_keep_children_leaves_children_as_stock_gunicorn_does(server, how):
         assert pid_alive(child), "it outlives its worker"
 
 
-def test_a_program_started_by_subprocess_with_a_preexec_fn_is_left_alone(server):
-    # CPython runs the at-fork hooks in a child made for a preexec_fn: the program
-    # (maybe meant to run on its own: preexec_fn=os.setsid) must not get PDEATHSIG.
-    srv = server(timeout=TIMEOUT)
+def test_a_program_started_by_subprocess_is_left_alone(each_worker):
+    # CPython runs the at-fork hooks in a child made for a preexec_fn, and gevent's
+    # subprocess forks with os.fork for every program: the program (maybe meant to run
+    # on its own: preexec_fn=os.setsid) must not get PDEATHSIG.
+    srv = each_worker(timeout=TIMEOUT)
     with forked_child(srv, "/spawn_detached") as program:
         kill_the_worker(srv)
         time.sleep(0.5)
