@@ -357,8 +357,11 @@ def phase_booted(srv):
 
 
 def faults(srv, phase, until, every, rng, journal_path):
-    for name in itertools.cycle(FAULTS):
-        wake = time.monotonic() + every
+    """A fault every ``every`` seconds from the phase's start, on a fixed schedule: a slow
+    injection (the load makes looking at /proc slow) does not push the next ones back,
+    so that a short run still sends every fault once."""
+    for n, name in enumerate(itertools.cycle(FAULTS), start=1):
+        wake = phase.started + n * every
         if wake >= until:
             break
         time.sleep(max(0.0, wake - time.monotonic()))
@@ -526,10 +529,13 @@ def ended_by(phase, ran_on, r, died):
     """Is a death at ``died`` where request ``r``, which ends its worker, puts it?
 
     Under gevent, a neighbour blocking the hub after the answer delays the exit
-    (then the arbiter's SIGKILL) by as long as it blocked.
+    (then the arbiter's SIGKILL) by as long as it blocked; a starved machine, by as
+    long as it ran nothing (``Starvation``).
     """
     late = ran_during(phase, ran_on, ran_on.get(r.rid), rules.BLOCKERS[phase.flavor],
                       r.end, died, besides=r)
+    if phase.starvation is not None:    # (and a machine that ran nothing meanwhile)
+        late += phase.starvation.during(r.end, died)
     return r.end - NEAR <= died <= r.end + rules.DIES_WITHIN + late
 
 
@@ -800,7 +806,7 @@ def growth(phase, masters, sentinel, serving):
                        if pid in masters or s[0] >= serving.get(pid, float("inf"))]
             if len(samples) < 4:
                 continue
-            phase.leaks.extend(leaks_of(who, samples, 2 if steady else CLIENTS + 1,
+            phase.leaks.extend(leaks_of(who, samples, 2 if steady else CLIENTS + LOAD_CLIENTS + 1,
                                         1 if pid in masters else pool,
                                         steady=steady))
         if not long_lived:
@@ -862,7 +868,7 @@ def run_phase(flavor, worker, workers, seconds, path, rng):
         phase.started = time.monotonic()
         phase.seconds = seconds
         until = phase.started + seconds
-        every = max(3.0, min(15.0, seconds / 6))
+        every = max(3.0, min(15.0, seconds / 7))
         stop_watching = threading.Event()
         cards, lock = deck(rules.kinds_for(flavor), rng), threading.Lock()
         calm = deck(rules.survived_by(flavor), random.Random(rng.random()))

@@ -65,9 +65,9 @@ SETTINGS = [
     type(Setting)("KeepChildren", (Setting,), dict(
         name="keep_children", section="heartworker", cli=["--keep-children"],
         action="store_true", default=None, validator=validate_bool,
-        desc=f"Processes forked by a worker outlive it (default: they end with it; they "
-             f"never keep its sockets).\n\nSame as {hs.KEEP_CHILDREN}=1, which it "
-             f"overrides.\n")),
+        desc=f"Processes forked by a worker keep its sockets and outlive it, as in stock "
+             f"Gunicorn (default: they drop them and end with it).\n\nSame as "
+             f"{hs.KEEP_CHILDREN}=1, which it overrides.\n")),
 ]
 
 

@@ -25,7 +25,7 @@ DEFAULTS = {
     CANCEL_GRACE: 1.0,    # from cancelling a section to aborting the worker if it goes on
     STARTUP_STALL: None,  # the longest the startup may go without progress (None: no limit)
     REPORT_EVERY: 60.0,   # seconds between report lines for long work (0: none)
-    KEEP_CHILDREN: False,  # children forked by a worker outlive it (see children.py)
+    KEEP_CHILDREN: False,  # children forked by a worker keep what they inherit, as in stock
 }
 # the same settings as Gunicorn settings, under the ``heartworker`` launcher (launcher.py)
 GUNICORN_NAMES = {"section_cap": SECTION_CAP, "startup_cap": STARTUP_CAP,

@@ -1,12 +1,14 @@
 """The store of open sections: a stack per owner, and one deadline heap.
 
-Entering and leaving a section is O(log n) for n open sections (a heap push,
-none for a nested section clipped to its enclosing deadline; leaving marks the
-record closed and the heap is compacted when half of it is closed).  Entering
-writes the heartbeat file (one ``utime``) only when what it says does not
-already cover the new deadline; leaving never does.  The guard never scans the
-open sections: it looks at the heap's top and walks the serving thread's stack.
-``enter`` and ``exit`` are the hot path: their regions are written out inline.
+Entering and leaving a section does only what the vouching rule needs: the owner,
+the anchor frame, the deadline, the standing vouch (and the one write when the
+file does not already cover it; leaving never writes).  On the serving thread it
+takes no lock (a *quick region*, see regions.py).  A new section is only listed
+(``fresh``); the guard files it in the deadline heap at its next look
+(``Queries.earliest``), where closed entries are dropped lazily and the heap is
+compacted when half of it is closed.  The guard never scans the open sections: it
+looks at the heap's top and walks the serving thread's stack.  ``add`` and
+``exit`` are the hot path.
 """
 
 import heapq

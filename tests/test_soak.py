@@ -408,3 +408,22 @@ def test_a_gil_hold_within_its_cap_that_a_starved_machine_stretched_may_be_kille
                              rules.NEIGHBOUR_CAP - 1, "", returned=False), "not before its cap"
     assert not rules.verdict("gil", "sync", "closed", late + 10, late + 10, "",
                              returned=False), "nor long after cap + --timeout"
+
+
+def test_a_death_a_starved_machine_delayed_is_still_the_requests(soak):
+    # A retiring threaded worker exited 2.09 s after its cap_wait's answer, past the 2 s a
+    # request's death is allowed, while the machine ran nothing for a second of that.
+    class Stalls:
+        def __init__(self, late):
+            self.late = late
+
+        def during(self, since, until):
+            return sum(min(w, until) - max(w - s, since) for w, s in self.late
+                       if w > since and w - s < until)
+
+    for stalls, explained in [([], False), ([(6.5, 1.0)], True)]:
+        r = soak.Result("cap_wait", "r1", start=0.0, end=5.05, outcome="closed")
+        phase = phase_with(soak, "gthread", results=[r], died={7: 7.14})   # (graceful)
+        phase.starvation = Stalls(stalls)
+        soak.judge(phase, {"r1": 7}, {"r1": 0.0})
+        assert (not phase.unexpected) == explained, (stalls, phase.unexpected)
