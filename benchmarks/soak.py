@@ -698,17 +698,18 @@ def judge(phase, ran_on, began, holds=None, returned=None):
     when its worker's app began it (``began``: rid -> monotonic, the
     journal's): a sync worker's requests wait in the listen queue while all
     workers are busy.  ``holds`` (rid -> seconds): how long the GIL holds took;
-    ``returned``: the requests whose GIL-holding call returned (None: all did).
+    ``returned``: the GIL-holding requests whose call returned (None: all did; other
+    kinds ignore it).
     """
-    if returned is None:
-        returned = {r.rid for r in phase.results}
+    def call_returned(r):
+        return returned is None or r.rid in returned
     for r in phase.results:
         r.began = began.get(r.rid, r.start)
     for r in phase.results:
         r.blocked = blocked_for(phase, r, ran_on, holds or {})
         r.expect = rules.verdict(r.kind, phase.flavor, r.outcome, r.end - r.start,
                                  r.end - r.began, r.body, r.blocked, r.rid in ran_on,
-                                 r.rid in returned)
+                                 call_returned(r))
         if r.expect is not None:
             r.verdict = "expected"
     explain_deaths(phase, ran_on)
@@ -720,7 +721,7 @@ def judge(phase, ran_on, began, holds=None, returned=None):
             r.verdict = "collateral"
             continue
         allowed = " or ".join(str(e) for e in rules.expected(
-            r.kind, phase.flavor, r.blocked, r.rid in ran_on, r.rid in returned))
+            r.kind, phase.flavor, r.blocked, r.rid in ran_on, call_returned(r)))
         r.verdict = r.owed or (
             f"{r.kind} ({r.rid}, worker {ran_on.get(r.rid, '?')}): got {r.outcome} after "
             f"{r.end - r.began:.2f} s there ({r.end - r.start:.2f} s since sent) "
@@ -902,12 +903,10 @@ def run_phase(flavor, worker, workers, seconds, path, rng):
         phase.log = srv.log() + sentinel.log()
         phase.leftovers = sum(stop_server(s, phase) for s in servers)
         ran = {**journal(journal_path), **journal(sentinel_journal)}
-        gil = [r.rid for r in phase.results if r.kind in rules.GIL_KINDS]
         judge(phase, {rid: pid for rid, (pid, _) in ran.items()},
               {rid: began for rid, (_, began) in ran.items()},
               {**gil_holds(journal_path), **gil_holds(sentinel_journal)},
-              (returned_calls(journal_path) | returned_calls(sentinel_journal)
-               | {r.rid for r in phase.results if r.rid not in gil}))
+              returned_calls(journal_path) | returned_calls(sentinel_journal))
         serving = {}
         for pid, began in ran.values():
             serving[pid] = min(began, serving.get(pid, began))

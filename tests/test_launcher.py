@@ -50,6 +50,11 @@ def test_an_invalid_setting_refuses_to_start_naming_it(server, tmp_path):
         assert srv.proc.wait(20) != 0
         name = "startup_cap (--startup-cap" if "--startup-cap" in args else "report_every (--"
         assert f"Error: {name}" in srv.log() and args[1] in srv.log(), srv.log()
+    conf = tmp_path / "bad_flag.conf.py"
+    conf.write_text("keep_children = 'maybe'\n")           # a flag that is neither
+    srv = server(program="heartworker", args=["-c", str(conf)], ready=False)
+    assert srv.proc.wait(20) != 0
+    assert "keep_children" in srv.log() and "maybe" in srv.log(), srv.log()
 
 
 def test_plain_gunicorn_does_not_know_the_launchers_settings():

@@ -108,7 +108,8 @@ def test_timeout_zero_still_enforces_caps(server):
 @pytest.mark.parametrize("name,value", [
     ("HEARTWORKER_SECTION_CAP", "abc"), ("HEARTWORKER_SECTION_CAP", "0"),
     ("HEARTWORKER_STARTUP_CAP", "-5"), ("HEARTWORKER_STARTUP_CAP", "nan"),
-    ("HEARTWORKER_SECTION_CAP", "inf"),
+    ("HEARTWORKER_SECTION_CAP", "inf"), ("HEARTWORKER_KEEP_CHILDREN", "maybe"),
+    ("HEARTWORKER_KEEP_CHILDREN", "2"),
 ])
 def test_invalid_settings_refuse_to_boot(server, name, value):
     srv = server(timeout=TIMEOUT, ready=False, env={name: value})
