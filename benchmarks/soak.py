@@ -135,7 +135,7 @@ def proc_stat(pid):
             fields = f.read().rsplit(") ", 1)[1].split()
     except OSError:
         return None
-    if fields[0] == "Z":
+    if fields[0] in ("Z", "X"):   # a zombie, or being reaped
         return None
     return int(fields[1]), int(fields[3])
 

@@ -133,9 +133,12 @@ class Server:
         return [int(p) for p in re.findall(r"Booting worker with pid: (\d+)", self.log())]
 
 
+DEAD_STATES = ("Z", "X")   # a zombie, then "X" for the instant its parent reaps it
+
+
 def pid_alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1].split()[0] != "Z"
+            return f.read().rsplit(") ", 1)[1].split()[0] not in DEAD_STATES
     except (FileNotFoundError, ProcessLookupError):   # gone, or exiting as we read
         return False

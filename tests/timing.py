@@ -34,9 +34,11 @@ def wait_dead(pid, timeout):
     from tests.gunicorn_server import pid_alive
 
     deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.05)
-    return not pid_alive(pid)
+    return True             # once seen dead: a dead pid never lives again
 
 
 class StatsdListener:
