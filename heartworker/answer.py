@@ -51,7 +51,9 @@ def answer_timeout(worker, req, client, addr, cause, exc=None):
     ``exc``: log its traceback too (where the request was when it was ended),
     for the endings that no heartworker CRITICAL line has shown already.
     """
-    worker.log.warning("heartworker: %s %s ended: %s", req.method, req.uri, cause,
+    fix = (worker.route_hint(req.method, req.path)
+           if worker.abort_outside and cause is worker.abort_cause else "")
+    worker.log.warning("heartworker: %s %s ended: %s%s", req.method, req.uri, cause, fix,
                        exc_info=exc)
     noted, started = (noted_response(worker.flavor.request_context(), req)
                       if worker.flavor is not None else (None, None))

@@ -17,6 +17,7 @@ A part of :class:`~heartworker.guard.Guard` (its state is the guard's).
 """
 
 import os
+import re
 import signal
 import sys
 from time import monotonic
@@ -25,6 +26,11 @@ from .stacks import format_stack
 
 ABORT_GRACE = 1.0
 CANCEL_SIGNAL = signal.SIGRTMIN + 6   # no other use in Gunicorn; real-time: never merged away
+
+
+def metric_name(text):
+    """``POST /export/**`` as a statsd name's part: ``POST_export``."""
+    return "_".join(re.findall(r"[A-Za-z0-9]+", text)) or "root"
 
 
 class Endings:
@@ -36,6 +42,9 @@ class Endings:
                           "on). Its stack (most recent call last):\n%s", message, section.kind,
                           format_stack(frame))
         self.count("heartworker.cancel")
+        route = section if section.kind == "route" else section.bound
+        if route is not None and route.kind == "route":    # (nested in a route's section)
+            self.count(f"heartworker.route.{metric_name(route.name)}.cancel")
         self.flavor.interrupt(self, section, running)
 
     def take_cancellation(self, owner, frame=None):

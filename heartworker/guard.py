@@ -196,7 +196,7 @@ class Guard(Endings, Messages):
             for ended in (target, section) if target is not section else (target,):
                 ended.why = message.replace("heartworker: ", "", 1)
                 self.overdue.append((now + self.grace, ended))   # `grace` to end
-            self.cancel(target, message, where, running)
+            self.cancel(target, message + self.fix_for(target), where, running)
             cancelled = True
         return False, cancelled
 

@@ -19,6 +19,7 @@ from gunicorn.app.wsgiapp import WSGIApplication
 from gunicorn.config import Setting, validate_bool
 
 from . import settings as hs
+from .routes import parse_rules, split_rules
 
 DEFAULT_WORKER = "heartworker.SyncWorker"
 
@@ -69,6 +70,28 @@ SETTINGS = [
              f"Gunicorn (default: they drop them and end with it).\n\nSame as "
              f"{hs.KEEP_CHILDREN}=1, which it overrides.\n")),
 ]
+
+
+def _validate_rules(value):
+    """Gunicorn's validator of ``route_caps``: a list of rules (a str: rules split at ``;``)."""
+    if value is None:
+        return None
+    shown = f"route_caps ({hs.CLI['route_caps']}, {hs.ROUTE_CAPS})"
+    if isinstance(value, str):
+        value = split_rules(value)
+    if not isinstance(value, (list, tuple)):
+        raise hs.SettingError(f"{shown} must be a list of rules, not {type(value).__name__}")
+    parse_rules(value, shown)
+    return list(value)
+
+
+SETTINGS.append(type(Setting)("RouteCaps", (Setting,), dict(
+    name="route_caps", section="heartworker", cli=["--route-cap"], meta="RULE",
+    action="append", default=None, validator=_validate_rules,
+    desc="A request that matches RULE runs inside a section with its cap (repeat it for "
+         "more rules; the first that matches wins).\n\nA rule is "
+         "``[METHODS ]PATTERN=SECONDS[,stall=SECONDS]``, e.g. ``'POST /export/**=600'``. "
+         f"Same as {hs.ROUTE_CAPS} (rules separated by ``;``), which it overrides.\n")))
 
 
 class HeartworkerApplication(WSGIApplication):

@@ -29,13 +29,13 @@ class Messages:
             quiet = (f"no progress for {now - due.progress_at:.2f} s "
                      f"(stall limit {due.stall:g} s; {last_progress(due, now)})")
             why = (f"made {quiet}" if due is section else
-                   f"is in section {due.describe()}, which made {quiet}")
+                   f"is in {due.label()}, which made {quiet}")
             if due is self.startup:
                 note = self.startup_note(STARTUP_STALL, due.stall)
         else:
             bound = section.bound or (due if due is not section else None)
             if bound is not None:
-                why = (f"ran past the deadline of its enclosing section {bound.describe()} "
+                why = (f"ran past the deadline of its enclosing {bound.label()} "
                        f"(cap {bound.cap:g} s)")
             else:
                 why = "ran past its cap"
@@ -44,10 +44,20 @@ class Messages:
         return (f"heartworker: {section.label()} {why}: "
                 f"{elapsed:.2f} s elapsed, cap {section.cap:g} s{note}")
 
+    route_hint = None    # (method, path) -> the one-line fix (worker.route_hint)
+
+    def fix_for(self, section):
+        """What the log adds for a request ended at --timeout outside every section: the
+        route cap that would have let it finish (not the 504's body: the operator's)."""
+        if (isinstance(section, Request) and self.registry.limit >= section.deadline
+                and self.route_hint is not None):
+            return self.route_hint(*section.name.split(" ", 1))
+        return ""
+
     def overdue_message(self, section, cancelled_at, now):
         bound = section.bound
-        deadline = "" if bound is None else (f"; the deadline of its enclosing section "
-                                             f"{bound.describe()}, cap {bound.cap:g} s")
+        deadline = "" if bound is None else (f"; the deadline of its enclosing "
+                                             f"{bound.label()}, cap {bound.cap:g} s")
         return (f"heartworker: {section.label()} is still running "
                 f"{now - cancelled_at:.2f} s after its deadline "
                 f"({now - section.started:.2f} s elapsed, cap {section.cap:g} s{deadline}) "

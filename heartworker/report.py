@@ -165,7 +165,7 @@ class Watch:
     @staticmethod
     def where(stack):
         outer, inner = stack[0], stack[-1]
-        where = f"section {outer.describe()}"
+        where = outer.label()
         if inner is not outer:
             where += f" in {inner.describe()}"
         return where

@@ -18,6 +18,7 @@ CANCEL_GRACE = "HEARTWORKER_CANCEL_GRACE"
 STARTUP_STALL = "HEARTWORKER_STARTUP_STALL"
 REPORT_EVERY = "HEARTWORKER_REPORT_EVERY"
 KEEP_CHILDREN = "HEARTWORKER_KEEP_CHILDREN"
+ROUTE_CAPS = "HEARTWORKER_ROUTE_CAPS"
 
 DEFAULTS = {
     SECTION_CAP: 600.0,   # a request's long section: ten minutes
@@ -26,11 +27,14 @@ DEFAULTS = {
     STARTUP_STALL: None,  # the longest the startup may go without progress (None: no limit)
     REPORT_EVERY: 60.0,   # seconds between report lines for long work (0: none)
     KEEP_CHILDREN: False,  # children forked by a worker keep what they inherit, as in stock
+    ROUTE_CAPS: (),       # rules: a request that matches one runs in its section (routes.py)
 }
 # the same settings as Gunicorn settings, under the ``heartworker`` launcher (launcher.py)
 GUNICORN_NAMES = {"section_cap": SECTION_CAP, "startup_cap": STARTUP_CAP,
                   "cancel_grace": CANCEL_GRACE, "startup_stall": STARTUP_STALL,
-                  "report_every": REPORT_EVERY, "keep_children": KEEP_CHILDREN}
+                  "report_every": REPORT_EVERY, "keep_children": KEEP_CHILDREN,
+                  "route_caps": ROUTE_CAPS}
+CLI = {"route_caps": "--route-cap"}    # (repeatable: one rule each; the rest are as named)
 OPTIONAL = {STARTUP_STALL}     # may be unset; never 0
 MIN_REPORT_EVERY = 0.1         # report lines more often than that are noise (and a busy guard)
 MAY_BE_ZERO = {REPORT_EVERY}   # 0 turns it off
@@ -89,8 +93,11 @@ def from_gunicorn(cfg):
     given = {}
     for name, variable in GUNICORN_NAMES.items():
         setting = cfg.settings.get(name)
-        if setting is not None and setting.get() is not None:
-            given[variable] = setting.get()
+        value = None if setting is None else setting.get()
+        if variable == ROUTE_CAPS and value is not None:   # (checked by the launcher)
+            value = route_rules(cli_name(name), value) or None
+        if value is not None:
+            given[variable] = value
     return given
 
 
@@ -106,8 +113,21 @@ def setting_name(variable, given=()):
     setting (``given``: see :func:`from_gunicorn`), else the environment variable.
     """
     if variable in given:
-        return "--" + gunicorn_name(variable).replace("_", "-")
+        return cli_name(gunicorn_name(variable))
     return variable
+
+
+def cli_name(name):
+    """The launcher's command-line option for the Gunicorn setting ``name``."""
+    return CLI.get(name) or "--" + name.replace("_", "-")
+
+
+def route_rules(variable, raw):
+    """The checked rules (routes.Rule) of ``raw``: the launcher's list, or the variable's
+    text (rules separated by ``;``)."""
+    from .routes import parse_rules, split_rules
+    texts = split_rules(raw) if isinstance(raw, str) else list(raw)
+    return parse_rules(texts, variable)
 
 
 def check_stall(stall, cap):
@@ -135,10 +155,11 @@ def check_cap(cap, what="cap"):
 
 
 class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace startup_stall "
-                                      "report_every keep_children",
+                                      "report_every keep_children route_caps",
                           defaults=(DEFAULTS[SECTION_CAP], DEFAULTS[STARTUP_CAP],
                                     DEFAULTS[CANCEL_GRACE], DEFAULTS[STARTUP_STALL],
-                                    DEFAULTS[REPORT_EVERY], DEFAULTS[KEEP_CHILDREN]))):
+                                    DEFAULTS[REPORT_EVERY], DEFAULTS[KEEP_CHILDREN],
+                                    DEFAULTS[ROUTE_CAPS]))):
     """The validated settings of one worker."""
 
     __slots__ = ()
@@ -158,6 +179,8 @@ class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace star
             raw = raw_env.get(name, environ.get(name))
             if raw is None or (name in OPTIONAL and not raw.strip()):
                 return DEFAULTS[name]
+            if name == ROUTE_CAPS:
+                return route_rules(name, raw)
             if name in FLAGS:
                 return parse_flag(name, raw)
             if name in MAY_BE_ZERO and _is_zero(raw):
@@ -166,7 +189,8 @@ class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace star
 
         settings = cls(section_cap=get(SECTION_CAP), startup_cap=get(STARTUP_CAP),
                        cancel_grace=get(CANCEL_GRACE), startup_stall=get(STARTUP_STALL),
-                       report_every=get(REPORT_EVERY), keep_children=get(KEEP_CHILDREN))
+                       report_every=get(REPORT_EVERY), keep_children=get(KEEP_CHILDREN),
+                       route_caps=get(ROUTE_CAPS))
         if 0 < settings.report_every < MIN_REPORT_EVERY:
             raise SettingError(f"{REPORT_EVERY}={settings.report_every:g} is shorter than "
                                f"{MIN_REPORT_EVERY:g} s (use 0 to turn the report lines off)")

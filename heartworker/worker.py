@@ -33,9 +33,10 @@ from .guard import Guard
 from .heartbeat import Heartbeat, check_protocol
 from .registry import Registry
 from .report import Watch, duration
+from .routes import Routes, hint, in_route_sections, leave_route, warnings
 from .section import SectionCapExceeded, activate
-from .settings import (CANCEL_GRACE, STARTUP_CAP, STARTUP_STALL, SettingError, Settings,
-                       from_gunicorn, setting_name)
+from .settings import (CANCEL_GRACE, ROUTE_CAPS, STARTUP_CAP, STARTUP_STALL, SettingError,
+                       Settings, from_gunicorn, setting_name)
 
 ANSWER_TIME = 1.0   # seconds an aborting worker has to answer before the arbiter's SIGKILL
 GRACEFUL_ANSWER = 0.25   # at most: sections end this much before --graceful-timeout runs out
@@ -79,6 +80,21 @@ class HeartWorkerMixin:
     def make_flavor(self):
         raise NotImplementedError
 
+    @classmethod
+    def check_config(cls, cfg, log):
+        """In the arbiter, once at its start (and at each HUP): warn of rules that never
+        apply.  A bad setting is the workers' boot error (init_process), as always."""
+        check = getattr(super(), "check_config", None)
+        if check is not None:
+            check(cfg, log)
+        try:
+            given = from_gunicorn(cfg)
+            rules = Settings.load(cfg.env, given=given).route_caps
+        except SettingError:
+            return
+        for line in warnings(rules, setting_name(ROUTE_CAPS, given)):
+            log.warning("heartworker: %s", line)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # Runs in the arbiter, before fork: nothing here may change the process.
@@ -87,6 +103,8 @@ class HeartWorkerMixin:
         self.heart_tried = False
         self.abort_cause = None   # why the worker is being aborted, for the 504
         self.heart_settings = None
+        self.routes = None        # the route caps' rules, compiled (in the worker, if any)
+        self.abort_outside = False   # aborted for --timeout outside every section
         self.heart_given = {}     # the settings given to the launcher (named so in the log)
         self.heart_problem = check_protocol(self.tmp)
         try:
@@ -181,6 +199,10 @@ class HeartWorkerMixin:
         super().load_wsgi()
         if self.flavor is not None:
             self.wsgi = noting_response(self.wsgi, self.flavor.request_context)
+            if self.heart_settings.route_caps:   # outermost: Gunicorn's handle_request calls it
+                self.routes = Routes(self.heart_settings.route_caps)
+                self.wsgi = in_route_sections(self.wsgi, self.routes, self.heart,
+                                              self.flavor.request_context)
 
     def start_heart(self, frame):
         """Create the registry and the guard, and open the startup section."""
@@ -204,6 +226,7 @@ class HeartWorkerMixin:
                       grace_name=setting_name(CANCEL_GRACE, self.heart_given),
                       aftermath=self.aftermath,
                       graceful=self.cfg.graceful_timeout)
+        guard.route_hint = self.route_hint
         guard.watch = Watch(registry, self.log, every=settings.report_every,
                             window=self.cfg.timeout, count=guard.count)
         # The startup began at spawn: time spent before the fork counts against its cap.
@@ -238,6 +261,28 @@ class HeartWorkerMixin:
         return (f", {elapsed:.1f} s after it began, within its cap "
                 f"({setting_name(STARTUP_CAP, given)}={settings.startup_cap:g}): past the "
                 f"deadline of a section opened in it{stall}")
+
+    def handle_request(self, *args):
+        """Gunicorn's, then the request's route section (if a rule opened one) is closed."""
+        if self.routes is None:
+            return super().handle_request(*args)
+        try:
+            return super().handle_request(*args)
+        finally:
+            leave_route(self.heart, self.flavor.request_context())
+
+    def handle_http2_request(self, *args):
+        """An HTTP/2 stream (Gunicorn 25+), as handle_request."""
+        if self.routes is None:
+            return super().handle_http2_request(*args)
+        try:
+            return super().handle_http2_request(*args)
+        finally:
+            leave_route(self.heart, self.flavor.request_context())
+
+    def route_hint(self, method, path):
+        """The fix a line about a request ended at --timeout outside every section names."""
+        return hint(method, path, launcher="route_caps" in self.cfg.settings)
 
     def run(self):
         startup = self.startup
@@ -283,6 +328,7 @@ class HeartWorkerMixin:
                 self.abort_cause = guard.arbiter_cause(late, now)
             elif threads is None:
                 self.abort_cause = f"the request ran longer than --timeout ({self.cfg.timeout:g} s)"
+                self.abort_outside = self.startup is None
             else:           # the threaded worker's loop notifies whatever its threads do
                 self.abort_cause = (f"Gunicorn's main loop did not notify within --timeout "
                                     f"({self.cfg.timeout:g} s)")

@@ -21,6 +21,7 @@ SCRIPTS = {   # script: a column of the table it prints
     "kill_latency.py": "ended by",
     "idle_cost.py": "extra RSS MiB",
     "boot_time.py": "ratio of medians",
+    "route_cost.py": "over its base us",
 }
 
 

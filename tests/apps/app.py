@@ -602,8 +602,18 @@ def stream_then_stuck_in_section(start_response, cap):
         stuck_in_section()
 
 
+def stream_busy(start_response, chunks, seconds):
+    """A body made by CPU work between its chunks (outside every section of the app's)."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    for i in range(chunks):
+        busy_outside(seconds)
+        yield b"chunk %d\n" % i
+
+
 def app(environ, start_response):
     query = parse_qs(environ.get("QUERY_STRING", ""))
+    if environ.get("PATH_INFO") == "/stream_busy":
+        return stream_busy(start_response, int(query["n"][0]), float(query["s"][0]))
     if environ.get("PATH_INFO") == "/stream_then_hang":
         return stream_then_hang(start_response)
     if environ.get("PATH_INFO") == "/stream_section":
