@@ -84,6 +84,8 @@ class Endings:
         increment = getattr(self.log, "increment", None)
         if increment is not None:
             increment(metric, 1)
+        if self.publisher is not None:
+            self.publisher.count(metric.rpartition(".")[2])
 
     def escalate(self, message, frame, section):
         """The backstop: abort the worker (True), or retire it (the threaded worker)."""
@@ -111,6 +113,8 @@ class Endings:
         if self.retiring:
             return
         self.retiring = True
+        if self.publisher is not None:
+            self.publisher.changed()
         self.log.critical("%s; retiring worker (pid %s): it stops accepting, lets its other "
                           "requests finish (--graceful-timeout) and exits. Stack of the stuck "
                           "thread (most recent call last):\n%s", message, os.getpid(),
@@ -137,6 +141,9 @@ class Endings:
         self.log.critical("%s; aborting worker (pid %s). Stack of the serving thread "
                           "(most recent call last):\n%s", message, os.getpid(), format_stack(frame))
         self.count("heartworker.abort")
+        if self.publisher is not None:      # now: this guard looks no more
+            self.publisher.write(self.publisher.state(self.registry, monotonic(), False),
+                                 monotonic())
         if self.aftermath is not None:
             self.aftermath.disable_dump()   # the stack is logged already
         if signal.getsignal(signal.SIGABRT) in (signal.SIG_DFL, None):

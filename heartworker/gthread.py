@@ -269,6 +269,10 @@ class ThreadWorker(HeartWorkerMixin, gthread.ThreadWorker):
             self.request_over(request)
             return False
 
+    def in_flight(self):
+        """Requests being served: the request threads' (the status service shows it)."""
+        return len(self.heart.requests) if self.heart is not None else 0
+
     def handle_http2_request(self, req, conn, h2_conn):
         """An HTTP/2 stream (Gunicorn 25+): a request like any other; its 504 is the stream's."""
         reg = self.heart

@@ -59,6 +59,7 @@ class Guard(Endings, Messages):
         self.abort_section = None  # the section it aborts for, if any
         self._bell = native.allocate_lock()
         self._bell.acquire()
+        self.publisher = None      # the worker's status file, if a status service reads it
         self.aborting = False
         self.retiring = False
         self.frozen = False
@@ -88,8 +89,18 @@ class Guard(Endings, Messages):
                 if self.aborting or not self.registry.enabled:
                     return      # aborted (by the arbiter too: registry.aborting): nothing to guard
                 self.step(monotonic())
+                publisher = self.publisher
+                if publisher is not None and publisher.due(monotonic()):
+                    self.publish(publisher, monotonic())
         except BaseException:
             self.fail()
+
+    def publish(self, publisher, now):
+        """Write the worker's status for the arbiter's status service (publish.py)."""
+        reg = self.registry
+        with reg.region(self.lock_wait()) as held:
+            state = publisher.state(reg, now, held)
+        publisher.write(state, now)
 
     def fail(self):
         try:

@@ -94,6 +94,35 @@ SETTINGS.append(type(Setting)("RouteCaps", (Setting,), dict(
          f"Same as {hs.ROUTE_CAPS} (rules separated by ``;``), which it overrides.\n")))
 
 
+def _checked(variable, parse):
+    """Gunicorn's validator for a setting read by ``parse`` (it keeps the text given)."""
+    name = hs.gunicorn_name(variable)
+    shown = f"{name} ({hs.cli_name(name)}, {variable})"
+
+    def validate(value):
+        if value is None or isinstance(value, str) and not value.strip():
+            return None
+        parse(shown, value)
+        return str(value).strip()
+    return validate
+
+
+SETTINGS += [
+    type(Setting)("StatusBind", (Setting,), dict(
+        name="status_bind", section="heartworker", cli=["--status-bind"], meta="ADDRESS",
+        default=None, validator=_checked(hs.STATUS_BIND, hs.parse_bind),
+        desc=f"Serve the status service (/livez /readyz /startupz /status /metrics) from "
+             f"the arbiter at HOST:PORT or unix:PATH (default: none).\n\nSame as "
+             f"{hs.STATUS_BIND}, which it overrides.\n")),
+    type(Setting)("LivezFailedStartups", (Setting,), dict(
+        name="livez_failed_startups", section="heartworker", cli=["--livez-failed-startups"],
+        meta="INT", default=None, validator=_checked(hs.LIVEZ_FAILED_STARTUPS, hs.parse_count),
+        desc=f"/livez fails after that many startups in a row ended past their cap or stall "
+             f"limit (default 3).\n\nSame as {hs.LIVEZ_FAILED_STARTUPS}, which it "
+             f"overrides.\n")),
+]
+
+
 class HeartworkerApplication(WSGIApplication):
     def load_default_config(self):
         super().load_default_config()

@@ -19,6 +19,8 @@ STARTUP_STALL = "HEARTWORKER_STARTUP_STALL"
 REPORT_EVERY = "HEARTWORKER_REPORT_EVERY"
 KEEP_CHILDREN = "HEARTWORKER_KEEP_CHILDREN"
 ROUTE_CAPS = "HEARTWORKER_ROUTE_CAPS"
+STATUS_BIND = "HEARTWORKER_STATUS_BIND"
+LIVEZ_FAILED_STARTUPS = "HEARTWORKER_LIVEZ_FAILED_STARTUPS"
 
 DEFAULTS = {
     SECTION_CAP: 600.0,   # a request's long section: ten minutes
@@ -28,14 +30,17 @@ DEFAULTS = {
     REPORT_EVERY: 60.0,   # seconds between report lines for long work (0: none)
     KEEP_CHILDREN: False,  # children forked by a worker keep what they inherit, as in stock
     ROUTE_CAPS: (),       # rules: a request that matches one runs in its section (routes.py)
+    STATUS_BIND: None,    # where the arbiter serves the status service (None: nowhere)
+    LIVEZ_FAILED_STARTUPS: 3,   # /livez fails after that many failed startups in a row
 }
 # the same settings as Gunicorn settings, under the ``heartworker`` launcher (launcher.py)
 GUNICORN_NAMES = {"section_cap": SECTION_CAP, "startup_cap": STARTUP_CAP,
                   "cancel_grace": CANCEL_GRACE, "startup_stall": STARTUP_STALL,
                   "report_every": REPORT_EVERY, "keep_children": KEEP_CHILDREN,
-                  "route_caps": ROUTE_CAPS}
+                  "route_caps": ROUTE_CAPS, "status_bind": STATUS_BIND,
+                  "livez_failed_startups": LIVEZ_FAILED_STARTUPS}
 CLI = {"route_caps": "--route-cap"}    # (repeatable: one rule each; the rest are as named)
-OPTIONAL = {STARTUP_STALL}     # may be unset; never 0
+OPTIONAL = {STARTUP_STALL, STATUS_BIND}     # may be unset (empty); never 0
 MIN_REPORT_EVERY = 0.1         # report lines more often than that are noise (and a busy guard)
 MAY_BE_ZERO = {REPORT_EVERY}   # 0 turns it off
 FLAGS = {KEEP_CHILDREN}        # yes or no, not seconds
@@ -77,6 +82,35 @@ def parse_seconds(name, raw):
     return value
 
 
+def parse_count(name, raw):
+    """Return ``raw`` as a whole number from 1 to 1,000,000, or raise SettingError."""
+    try:
+        value = int(str(raw).strip())
+    except (TypeError, ValueError):
+        raise SettingError(f"{name}={raw!r} is not a whole number") from None
+    if not 1 <= value <= 1_000_000:
+        raise SettingError(f"{name}={raw!r} must be from 1 to 1000000")
+    return value
+
+
+def parse_bind(name, raw):
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6; port 0: any free one) or ``unix:PATH``, as
+    ``("inet", host, port)`` or ``("unix", path)``; else SettingError naming ``name``."""
+    text = str(raw).strip()
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path or "\0" in path:
+            raise SettingError(f"{name}={raw!r}: unix: needs a path (unix:/run/app/status.sock)")
+        return ("unix", path)
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535 or " " in host:
+        raise SettingError(f"{name}={raw!r} is not HOST:PORT (127.0.0.1:9101, [::1]:9101) "
+                           f"or unix:PATH")
+    return ("inet", host, int(port))
+
+
 def parse_flag(name, raw):
     """Return ``raw`` (1/true/yes/on or 0/false/no/off) as a bool, or raise SettingError."""
     if isinstance(raw, bool):
@@ -94,8 +128,8 @@ def from_gunicorn(cfg):
     for name, variable in GUNICORN_NAMES.items():
         setting = cfg.settings.get(name)
         value = None if setting is None else setting.get()
-        if variable == ROUTE_CAPS and value is not None:   # (checked by the launcher)
-            value = route_rules(cli_name(name), value) or None
+        if variable in PARSED and value is not None:   # (checked by the launcher already)
+            value = PARSED[variable](cli_name(name), value) or None
         if value is not None:
             given[variable] = value
     return given
@@ -154,12 +188,18 @@ def check_cap(cap, what="cap"):
     return float(cap)
 
 
+# the settings that are not seconds nor flags: how a value given to the launcher is read
+PARSED = {ROUTE_CAPS: route_rules, STATUS_BIND: parse_bind, LIVEZ_FAILED_STARTUPS: parse_count}
+
+
 class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace startup_stall "
-                                      "report_every keep_children route_caps",
+                                      "report_every keep_children route_caps status_bind "
+                                      "livez_failed_startups",
                           defaults=(DEFAULTS[SECTION_CAP], DEFAULTS[STARTUP_CAP],
                                     DEFAULTS[CANCEL_GRACE], DEFAULTS[STARTUP_STALL],
                                     DEFAULTS[REPORT_EVERY], DEFAULTS[KEEP_CHILDREN],
-                                    DEFAULTS[ROUTE_CAPS]))):
+                                    DEFAULTS[ROUTE_CAPS], DEFAULTS[STATUS_BIND],
+                                    DEFAULTS[LIVEZ_FAILED_STARTUPS]))):
     """The validated settings of one worker."""
 
     __slots__ = ()
@@ -181,6 +221,10 @@ class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace star
                 return DEFAULTS[name]
             if name == ROUTE_CAPS:
                 return route_rules(name, raw)
+            if name == STATUS_BIND:
+                return parse_bind(name, raw)
+            if name == LIVEZ_FAILED_STARTUPS:
+                return parse_count(name, raw)
             if name in FLAGS:
                 return parse_flag(name, raw)
             if name in MAY_BE_ZERO and _is_zero(raw):
@@ -190,7 +234,8 @@ class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace star
         settings = cls(section_cap=get(SECTION_CAP), startup_cap=get(STARTUP_CAP),
                        cancel_grace=get(CANCEL_GRACE), startup_stall=get(STARTUP_STALL),
                        report_every=get(REPORT_EVERY), keep_children=get(KEEP_CHILDREN),
-                       route_caps=get(ROUTE_CAPS))
+                       route_caps=get(ROUTE_CAPS), status_bind=get(STATUS_BIND),
+                       livez_failed_startups=get(LIVEZ_FAILED_STARTUPS))
         if 0 < settings.report_every < MIN_REPORT_EVERY:
             raise SettingError(f"{REPORT_EVERY}={settings.report_every:g} is shorter than "
                                f"{MIN_REPORT_EVERY:g} s (use 0 to turn the report lines off)")

@@ -16,6 +16,7 @@ gevent has patched), the serving thread is the one owner, as in the sync
 worker, and a deadline aborts the worker (nothing is served yet).
 """
 
+import importlib.util
 import os
 import signal
 import sys
@@ -27,6 +28,7 @@ from . import native
 from .aftermath import Aftermath, ordinal, shared_dir
 from .answer import answer_timeout, noting_response
 from .children import Children
+from .publish import Publisher
 from .endings import CANCEL_SIGNAL
 from .flavor import SyncFlavor
 from .guard import Guard
@@ -35,8 +37,9 @@ from .registry import Registry
 from .report import Watch, duration
 from .routes import Routes, hint, in_route_sections, leave_route, warnings
 from .section import SectionCapExceeded, activate
-from .settings import (CANCEL_GRACE, ROUTE_CAPS, STARTUP_CAP, STARTUP_STALL, SettingError,
-                       Settings, from_gunicorn, setting_name)
+from .settings import (CANCEL_GRACE, LIVEZ_FAILED_STARTUPS, ROUTE_CAPS, STARTUP_CAP,
+                       STARTUP_STALL, STATUS_BIND, SettingError, Settings, from_gunicorn,
+                       setting_name)
 
 ANSWER_TIME = 1.0   # seconds an aborting worker has to answer before the arbiter's SIGKILL
 GRACEFUL_ANSWER = 0.25   # at most: sections end this much before --graceful-timeout runs out
@@ -75,6 +78,28 @@ def handler_codes(except_for):
     return frozenset(codes)
 
 
+_services = {}     # arbiter pid -> its status service (one, whatever HUP does)
+
+
+def start_status_service(settings, given, cfg, log, caller):
+    """Start the arbiter's status service, once (``caller``: Arbiter.setup's frame)."""
+    if os.getpid() in _services:
+        return
+    name = setting_name(STATUS_BIND, given)
+    if importlib.util.find_spec("prometheus_client") is None:
+        log.error("heartworker: %s needs prometheus_client (pip install "
+                  "'heartworker[status]'); Gunicorn does not start.", name)
+        sys.exit(1)
+    from .status import Status
+    from .status_http import Service
+    arbiter = caller.f_locals.get("self")
+    workers = (lambda: list(arbiter.WORKERS)) if isinstance(arbiter, Arbiter) else None
+    status = Status(shared_dir(cfg.worker_tmp_dir), settings.livez_failed_startups,
+                    setting_name(LIVEZ_FAILED_STARTUPS, given), workers)
+    service = _services[os.getpid()] = Service(settings.status_bind, status, log, name)
+    service.start()
+
+
 class HeartWorkerMixin:
 
     def make_flavor(self):
@@ -82,18 +107,21 @@ class HeartWorkerMixin:
 
     @classmethod
     def check_config(cls, cfg, log):
-        """In the arbiter, once at its start (and at each HUP): warn of rules that never
-        apply.  A bad setting is the workers' boot error (init_process), as always."""
+        """In the arbiter, at its start (and at each HUP): warn of rules that never apply,
+        start the status service.  A bad setting is the workers' boot error
+        (init_process), as always."""
         check = getattr(super(), "check_config", None)
         if check is not None:
             check(cfg, log)
         try:
             given = from_gunicorn(cfg)
-            rules = Settings.load(cfg.env, given=given).route_caps
+            settings = Settings.load(cfg.env, given=given)
         except SettingError:
             return
-        for line in warnings(rules, setting_name(ROUTE_CAPS, given)):
+        for line in warnings(settings.route_caps, setting_name(ROUTE_CAPS, given)):
             log.warning("heartworker: %s", line)
+        if settings.status_bind is not None:
+            start_status_service(settings, given, cfg, log, sys._getframe(1))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -104,6 +132,8 @@ class HeartWorkerMixin:
         self.abort_cause = None   # why the worker is being aborted, for the 504
         self.heart_settings = None
         self.routes = None        # the route caps' rules, compiled (in the worker, if any)
+        self.requests_begun = self.requests_ended = 0   # (the status service's in flight)
+        self.startup_took = None  # seconds, once the startup is over
         self.abort_outside = False   # aborted for --timeout outside every section
         self.heart_given = {}     # the settings given to the launcher (named so in the log)
         self.heart_problem = check_protocol(self.tmp)
@@ -233,6 +263,8 @@ class HeartWorkerMixin:
         self.startup = registry.enter("startup", settings.startup_cap, frame,
                                       started=self.spawned_at, stall=settings.startup_stall)
         guard.startup, guard.startup_note = self.startup, self.startup_note
+        if settings.status_bind is not None and self.aftermath_dir is not None:
+            guard.publisher = Publisher(self.aftermath_dir, self)
         guard.watch.startup = self.startup
         self.heart, self.guard = registry, guard
         guard.start()
@@ -264,12 +296,13 @@ class HeartWorkerMixin:
 
     def handle_request(self, *args):
         """Gunicorn's, then the request's route section (if a rule opened one) is closed."""
-        if self.routes is None:
-            return super().handle_request(*args)
+        self.requests_begun += 1
         try:
             return super().handle_request(*args)
         finally:
-            leave_route(self.heart, self.flavor.request_context())
+            self.requests_ended += 1
+            if self.routes is not None:
+                leave_route(self.heart, self.flavor.request_context())
 
     def handle_http2_request(self, *args):
         """An HTTP/2 stream (Gunicorn 25+), as handle_request."""
@@ -279,6 +312,24 @@ class HeartWorkerMixin:
             return super().handle_http2_request(*args)
         finally:
             leave_route(self.heart, self.flavor.request_context())
+
+    # -- what the status service shows (publish.py) --------------------------------
+    def phase(self):
+        if self.startup is not None:
+            return "starting"
+        if self.guard is not None and self.guard.retiring:
+            return "retiring"
+        return "serving" if self.alive else "stopping"
+
+    def in_flight(self):
+        """Requests being served (one serving thread: its counts are exact)."""
+        return max(0, self.requests_begun - self.requests_ended)
+
+    def status_changed(self):
+        """The phase changed: have the guard publish it now."""
+        if self.guard is not None and self.guard.publisher is not None:
+            self.guard.publisher.changed()
+            self.guard.ring()
 
     def route_hint(self, method, path):
         """The fix a line about a request ended at --timeout outside every section names."""
@@ -291,7 +342,8 @@ class HeartWorkerMixin:
             self.startup = None
             if self.aftermath is not None:
                 self.aftermath.startup_done()
-            took = monotonic() - startup.started
+            took = self.startup_took = monotonic() - startup.started
+            self.status_changed()
             self.log.info("heartworker: startup took %s (cap %s)", duration(took),
                           duration(startup.cap), extra={
                               "metric": "heartworker.startup", "value": round(took * 1000),
@@ -306,6 +358,7 @@ class HeartWorkerMixin:
 
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
+        self.status_changed()
         if self.heart is not None:
             # Graceful stop: no section is vouched for past graceful_timeout from now.
             self.heart.set_limit(monotonic() + graceful_limit(self.cfg.graceful_timeout))
