@@ -3,8 +3,9 @@
     python benchmarks/route_cost.py [--quick]
 
 * **no rules**: the worker installs no wrapper; what is left is
-  ``HeartWorkerMixin.handle_request``'s test of ``self.routes`` around
-  Gunicorn's, timed against calling Gunicorn's method directly.
+  ``HeartWorkerMixin.handle_request`` around Gunicorn's (its count of requests
+  in flight for the status service, its test of ``self.routes``), timed against
+  calling Gunicorn's method directly.
 * **N rules, no match**: the WSGI app wrapped by ``routes.in_route_sections``
   (the match on ``REQUEST_METHOD`` and ``PATH_INFO``) against the bare app,
   for 20 glob rules (one regular expression for them all) and for 18 globs with
@@ -43,6 +44,7 @@ class Gunicorns:
 
 class Worker(HeartWorkerMixin, Gunicorns):
     routes = None
+    requests_begun = requests_ended = 0
 
 
 def cases():

@@ -54,6 +54,8 @@ CLIENTS = 4
 # The load: clients that send only fast requests, back to back, beside the deck's (issue 25).
 LOAD_CLIENTS = 6
 MIN_LOAD = 10_000             # fast requests the load must send per minute of the run
+BUSY_MACHINE = 0.05           # the share of the run the machine ran nothing (Starvation)
+#                               beyond which MIN_LOAD says nothing (alone: 0.001-0.002)
 FAULTS = ["HUP", "TTIN", "KILL", "TTOU", "TERM"]
 RSS_GROWTH_LIMIT_MIB = 32     # per process over its sampled life
 RSS_BAND_MIB = 8              # the last third's median RSS above the first third's
@@ -125,6 +127,7 @@ class Phase:
     seconds: float = 0.0
     by_worker: dict = None     # pid -> its requests of the rarer kinds (see ran_during)
     starvation: object = None  # the machine's stops (Starvation)
+    own_stalls: object = None  # the soak process's own (OwnStalls)
 
 
 # -- processes -------------------------------------------------------------------------
@@ -286,6 +289,37 @@ class Starvation:
         """Seconds the machine stopped its processes between ``since`` and ``until``."""
         return sum(min(woke, until) - max(woke - late, since) for woke, late in self.late
                    if woke > since and woke - late < until)
+
+
+class OwnStalls(Starvation):
+    """When the soak's own threads could not run: its clients learn every answer and
+    every close that much late.
+
+    A thread of this process sleeps ``TICK`` over and over, as ``Starvation``'s
+    process does, and writes down every wake more than ``LATE`` late.  Beside the
+    machine's stops it sees the soak's GIL, which its client threads share: on a
+    crowded machine a client saw a connection its worker's death closed, over a
+    second after that death, because its own process was not given the CPU
+    (beside the test suite's parallel group).  The judge allows for these stops
+    where it times what a client saw against what a worker did.
+    """
+
+    def __init__(self):
+        self.late, self.stopped = [], threading.Event()
+        self.thread = threading.Thread(target=self.probe, daemon=True)
+        self.thread.start()
+
+    def probe(self):
+        while not self.stopped.is_set():
+            t = time.monotonic()
+            time.sleep(self.TICK)
+            woke = time.monotonic()
+            if woke - t - self.TICK > self.LATE:
+                self.late.append((woke, woke - t - self.TICK))
+
+    def stop(self):
+        self.stopped.set()
+        self.thread.join(5)
 
 
 # -- faults and samples ----------------------------------------------------------------------
@@ -574,7 +608,8 @@ def collateral(phase, r, ran_on):
             r.start <= died and (
                 closed_by_death(phase, worker, r) and closes_at_death(phase, worker)
                 or phase.flavor == "gthread" and worker in phase.stopping
-                and phase.stopping[worker] - WATCH_EVERY <= r.end <= died + NEAR)
+                and phase.stopping[worker] - WATCH_EVERY <= r.end <= died + NEAR
+                + seen_late(phase, died, r.end))
             for worker, died in same_server(phase, r.rid, phase.died.items())
             if phase.deaths.get(worker))
     died = phase.died.get(pid)
@@ -590,7 +625,8 @@ def collateral(phase, r, ran_on):
     return rules.collateral_allowed(
         r.kind, phase.flavor, r.outcome, r.body, graceful=graceful,
         aborted=phase.how[pid] in ("code 1",) + rules.ABORTED) \
-        and r.end - NEAR <= died <= r.end + rules.COLLATERAL_WITHIN
+        and r.end - NEAR - seen_late(phase, died, r.end) <= died <= r.end \
+        + rules.COLLATERAL_WITHIN
 
 
 def closed_by_death(phase, pid, r):
@@ -601,7 +637,14 @@ def closed_by_death(phase, pid, r):
     it is that interval, not its end, that the close must follow (``NEAR``).
     """
     died = phase.died[pid]
-    return earliest_death(phase, pid) - NEAR <= r.end <= died + NEAR
+    return earliest_death(phase, pid) - NEAR <= r.end <= died + NEAR + seen_late(
+        phase, died, r.end)
+
+
+def seen_late(phase, since, until):
+    """How much later than it happened a client may have seen an end between ``since``
+    and ``until``: the soak's own stops meanwhile (``OwnStalls``)."""
+    return phase.own_stalls.during(since, until) if phase.own_stalls is not None else 0.0
 
 
 def earliest_death(phase, pid):
@@ -865,7 +908,7 @@ def run_phase(flavor, worker, workers, seconds, path, rng):
         servers.append(srv)
         sentinel, sentinel_journal = start_server(worker, 1, path, f"{flavor}-sentinel")
         servers.append(sentinel)
-        phase.starvation = Starvation()
+        phase.starvation, phase.own_stalls = Starvation(), OwnStalls()
         phase.started = time.monotonic()
         phase.seconds = seconds
         until = phase.started + seconds
@@ -892,6 +935,7 @@ def run_phase(flavor, worker, workers, seconds, path, rng):
                 common.fail(f"{flavor}: a client or the fault thread did not finish")
         time.sleep(rules.GRACEFUL + 1)     # workers that were stopping finish
         phase.starvation.stop()
+        phase.own_stalls.stop()
         stop_watching.set()
         watcher.join()
         masters = [s.proc.pid for s in servers]
@@ -923,6 +967,8 @@ def run_phase(flavor, worker, workers, seconds, path, rng):
         if phase.starvation is not None and phase.starvation.proc.poll() is None:
             phase.starvation.proc.kill()
             phase.starvation.proc.wait()
+        if phase.own_stalls is not None:
+            phase.own_stalls.stop()
 
 
 def never_happened(phase):
@@ -1026,9 +1072,17 @@ def report(phases, minutes):
     unexpected = sum(len(p.unexpected) for p, _ in phases)
     load = sum(is_load(r) for p, _ in phases for r in p.results)
     if load < MIN_LOAD * minutes:
-        print(f"UNEXPECTED the load sent {load} fast requests in {minutes:g} min, fewer than "
-              f"{MIN_LOAD} a minute: it did not carry load")
-        unexpected += 1
+        stalled = sum(p.starvation.total() for p, _ in phases if p.starvation)
+        ran = sum(p.seconds for p, _ in phases) or 1.0
+        if stalled / ran > BUSY_MACHINE:     # the machine's, not a verdict on heartworker
+            print(f"NOTE the load sent {load} fast requests in {minutes:g} min, fewer than "
+                  f"{MIN_LOAD} a minute, on a machine busy with other work (it ran nothing "
+                  f"for {stalled:.1f} s of {ran:.0f} s): rerun it alone for the load it "
+                  f"must carry")
+        else:
+            print(f"UNEXPECTED the load sent {load} fast requests in {minutes:g} min, fewer "
+                  f"than {MIN_LOAD} a minute: it did not carry load")
+            unexpected += 1
     replaced = sum(len(p.deaths) for p, _ in phases)
     leaks = sum(len(p.leaks) for p, _ in phases)
     left = sum(p.leftovers for p, _ in phases)

@@ -84,8 +84,8 @@ class Endings:
         increment = getattr(self.log, "increment", None)
         if increment is not None:
             increment(metric, 1)
-        if self.publisher is not None:
-            self.publisher.count(metric.rpartition(".")[2])
+        if self.publisher is not None and metric.count(".") == 1:   # (not a route's)
+            self.publisher.count(metric.partition(".")[2])
 
     def escalate(self, message, frame, section):
         """The backstop: abort the worker (True), or retire it (the threaded worker)."""

@@ -96,11 +96,19 @@ class Guard(Endings, Messages):
             self.fail()
 
     def publish(self, publisher, now):
-        """Write the worker's status for the arbiter's status service (publish.py)."""
+        """Write the worker's status for the arbiter's status service (publish.py).
+
+        Never the guard's end: a state that cannot be made is logged once, and the
+        worker publishes no more (the service shows it as it last was)."""
         reg = self.registry
-        with reg.region(self.lock_wait()) as held:
-            state = publisher.state(reg, now, held)
-        publisher.write(state, now)
+        try:
+            with reg.region(self.lock_wait()) as held:
+                state = publisher.state(reg, now, held)
+            publisher.write(state, now)
+        except Exception:
+            self.publisher = None
+            self.log.exception("heartworker: the worker's status cannot be published; the "
+                               "status service shows it as it last was")
 
     def fail(self):
         try:

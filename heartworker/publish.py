@@ -14,9 +14,17 @@ import json
 import os
 from time import time
 
+from .report import shown
+
 EVERY = 1.0
+MARK = "status-service"   # in the shared directory while the arbiter serves the status
 PHASES = ("starting", "serving", "stopping", "retiring")
 COUNTERS = ("cancel", "abort", "stall", "saved", "retire")
+
+
+def serves_status(directory):
+    """Does this worker's arbiter serve the status service (then the worker publishes)?"""
+    return os.path.exists(os.path.join(directory, MARK))
 
 
 class Publisher:
@@ -93,7 +101,7 @@ def describe(section, registry, now):
         "elapsed": round(now - section.started, 3),
         "cap": section.cap,
         "left": round(max(0.0, section.due(registry.limit) - now), 3),
-        "note": None if note is None or progress_at <= section.started else str(note)[:200],
+        "note": None if note is None or progress_at <= section.started else shown(note),
         "note_age": None if progress_at <= section.started else round(now - progress_at, 3),
         "cancelled": section.why is not None,
     }

@@ -21,7 +21,7 @@ import os
 import threading
 from time import monotonic, time
 
-from .publish import COUNTERS, PHASES
+from .publish import COUNTERS, MARK, PHASES
 
 STARTUPS_FILE = "startups-past-cap"     # (aftermath.py keeps it)
 
@@ -62,14 +62,27 @@ class Status:
         self.gone = dict.fromkeys(COUNTERS, 0)   # the counters of workers that are gone
         self.startup_completed = False       # since the arbiter started (sticky)
 
+    def mark(self):
+        """Tell the workers to publish (publish.serves_status)."""
+        try:
+            with open(os.path.join(self.directory, MARK), "w"):
+                pass
+        except OSError:
+            pass
+
     # -- reading --------------------------------------------------------------------
-    def workers(self):
-        """{pid: state} of the live workers (a worker with no file yet: starting)."""
+    def snapshot(self):
+        """({pid: state} of the live workers, the counters' totals), read together: the
+        files of workers that are gone are folded into the totals meanwhile."""
         live = set(self.worker_pids())
         states = {}
         with self.lock:
             for name in self._names():
                 pid = int(name.partition(".")[0])
+                if name.endswith(".new"):          # a write its worker did not finish
+                    if pid not in live:
+                        self._unlink(name)
+                    continue
                 state = self._read(name)
                 if pid in live:
                     if state is not None:
@@ -77,27 +90,34 @@ class Status:
                     continue
                 if state is not None:           # gone: fold it into the totals
                     for key in COUNTERS:
-                        self.gone[key] += int(state.get("counts", {}).get(key, 0))
+                        self.gone[key] += _count(state, key)
                     if state.get("startup_took") is not None:
                         self.startup_completed = True
-                try:
-                    os.unlink(os.path.join(self.directory, name))
-                except OSError:
-                    pass
+                self._unlink(name)
+            totals = dict(self.gone)
             for state in states.values():
                 if state.get("startup_took") is not None:
                     self.startup_completed = True
+                for key in COUNTERS:
+                    totals[key] += _count(state, key)
         for pid in live - set(states):
             states[pid] = {"pid": pid, "phase": "starting", "startup": None, "sections": [],
                            "in_flight": 0, "counts": {}, "startup_took": None}
-        return dict(sorted(states.items()))
+        return dict(sorted(states.items())), totals
 
     def _names(self):
         try:
             names = os.listdir(self.directory)
         except OSError:
             return []
-        return [n for n in names if n.endswith(".status") and n.partition(".")[0].isdigit()]
+        return [n for n in names if n.endswith((".status", ".status.new"))
+                and n.partition(".")[0].isdigit()]
+
+    def _unlink(self, name):
+        try:
+            os.unlink(os.path.join(self.directory, name))
+        except OSError:
+            pass
 
     def _read(self, name):
         """A worker's state, its times brought forward to now (it was written up to a
@@ -123,16 +143,10 @@ class Status:
         except (OSError, ValueError):
             return 0
 
-    def counts(self, workers):
-        totals = dict(self.gone)
-        for state in workers.values():
-            for key in COUNTERS:
-                totals[key] += int(state.get("counts", {}).get(key, 0))
-        return totals
-
     # -- the checks ---------------------------------------------------------------------
     def checks(self, which, workers):
-        """[(name, ok, why)] of the endpoint ``which`` (livez, readyz, startupz)."""
+        """[(name, ok, why)] of the endpoint ``which`` (livez, readyz, startupz), given the
+        snapshot's ``workers``."""
         if which == "livez":
             failed = self.failed_startups()
             return [("ping", True, ""),
@@ -141,12 +155,18 @@ class Status:
                      f"({self.failed_name}={self.failed_limit})")]
         serving = [s for s in workers.values() if s.get("phase") == "serving"]
         if which == "readyz":
-            return [("workers", bool(serving),
-                     "no worker has finished its startup" + loading(workers))]
+            stopping = sum(s.get("phase") in ("stopping", "retiring") for s in workers.values())
+            if stopping:
+                why = f"no worker serves ({stopping} stopping)"
+            elif self.startup_completed:
+                why = "no worker serves"
+            else:
+                why = "no worker has finished its startup"
+            return [("workers", bool(serving), why + loading(workers))]
         return [("startup", self.startup_completed,
                  "no worker has finished its startup yet" + loading(workers))]
 
-    def status(self, workers):
+    def status(self, workers, totals):
         """The /status JSON's object."""
         return {
             "arbiter": {"pid": self.pid, "uptime": round(monotonic() - self.started, 3),
@@ -156,15 +176,22 @@ class Status:
             "workers": [{key: state.get(key) for key in (
                 "pid", "phase", "startup", "startup_took", "sections", "in_flight", "counts")}
                 for state in workers.values()],
-            "counts": self.counts(workers),
+            "counts": totals,
         }
 
-    def metrics(self, workers):
+    def metrics(self, workers, totals):
         """The Prometheus text exposition (through prometheus_client)."""
         from prometheus_client import CollectorRegistry, generate_latest
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(self, workers))
+        registry.register(_Collector(self, workers, totals))
         return generate_latest(registry)
+
+
+def _count(state, key):
+    try:
+        return int(state.get("counts", {}).get(key, 0))
+    except (TypeError, ValueError, AttributeError):
+        return 0
 
 
 def loading(workers):
@@ -187,13 +214,13 @@ def loading(workers):
 class _Collector:
     """prometheus_client's view of one snapshot (a collector made per scrape)."""
 
-    def __init__(self, status, workers):
-        self.status, self.workers = status, workers
+    def __init__(self, status, workers, totals):
+        self.status, self.workers, self.totals = status, workers, totals
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         workers = self.workers
-        for key, value in self.status.counts(workers).items():
+        for key, value in self.totals.items():
             yield CounterMetricFamily(f"heartworker_{key}", f"heartworker.{key} events, all "
                                       f"the arbiter's workers (as in statsd)", value=value)
         phases = GaugeMetricFamily("heartworker_workers", "Workers by phase", labels=["phase"])

@@ -1,9 +1,10 @@
 """The status service's HTTP server: a thread of the arbiter, fork-safe, hard to upset.
 
 Started by the worker class's ``check_config``, which Gunicorn's arbiter calls in
-its own process at setup (and again at each HUP: the first service lives on),
-so it answers from the arbiter's start, before any worker has loaded, under
-plain ``gunicorn -k heartworker.X`` too.
+its own process as it starts (``Arbiter.start``, before it spawns workers; once:
+a HUP reload keeps the service), so it answers before any worker has loaded,
+under plain ``gunicorn -k heartworker.X`` too.  (With ``--preload`` the arbiter
+loads the app first: the service starts once it has.)
 
 * **Fork-safe.** Its listening socket and every connection it has open are
   closed in any process the arbiter forks (``os.register_at_fork``): a worker
@@ -19,9 +20,12 @@ plain ``gunicorn -k heartworker.X`` too.
   their method and path.
 """
 
+import atexit
+import http.client
 import json
 import os
 import socket
+import stat
 import socketserver
 import sys
 import threading
@@ -30,9 +34,29 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 READ_TIMEOUT = 5.0      # seconds a connection may stay silent
+MAX_HEAD = 65536        # bytes of request line and headers, in all
 LONGEST = 10.0          # seconds a connection may stay open at all (a trickling client)
 MAX_CONNECTIONS = 256
+FOLD_EVERY = 10.0    # seconds between looks at the workers' files when nobody asks
 RETRY_BIND = 1.0     # seconds between tries while a re-executed arbiter's port is taken
+
+
+class _Capped:
+    """The request's reader, ending the head at ``MAX_HEAD`` bytes in all (http.server
+    bounds each line and the count of lines only: 100 lines of 64 KiB each)."""
+
+    def __init__(self, rfile, left):
+        self.rfile, self.left = rfile, left
+
+    def readline(self, limit=-1):
+        line = self.rfile.readline(limit)
+        self.left -= len(line)
+        if self.left < 0:
+            raise http.client.LineTooLong(f"request head over {MAX_HEAD} bytes")
+        return line
+
+    def __getattr__(self, name):
+        return getattr(self.rfile, name)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -50,6 +74,10 @@ class Handler(BaseHTTPRequestHandler):
     def version_string(self):
         return self.server_version
 
+    def parse_request(self):
+        self.rfile = _Capped(self.rfile, MAX_HEAD - len(self.raw_requestline))
+        return super().parse_request()      # (431 for a head over MAX_HEAD)
+
     def __getattr__(self, name):        # any other method: 405 (not http.server's 501)
         if name.startswith("do_"):
             return self.not_allowed
@@ -66,12 +94,12 @@ class Handler(BaseHTTPRequestHandler):
         verbose = "verbose" in parse_qs(url.query, keep_blank_values=True)
         status = self.server.status
         try:
-            workers = status.workers()
+            workers, totals = status.snapshot()
             if url.path == "/status":
-                data = json.dumps(status.status(workers), indent=1).encode() + b"\n"
+                data = json.dumps(status.status(workers, totals), indent=1).encode() + b"\n"
                 return self.send(200, data, "application/json", body=body)
             if url.path == "/metrics":
-                return self.send(200, status.metrics(workers),
+                return self.send(200, status.metrics(workers, totals),
                                  "text/plain; version=0.0.4; charset=utf-8", body=body)
             name = url.path[1:]
             checks = status.checks(name, workers)
@@ -113,6 +141,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.BaseServer):
         self.socket, self.status, self.log = sock, status, log
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.open = {}              # connection -> when it came (closed in a forked child)
+        self.fold_at = 0.0
 
     def fileno(self):
         return self.socket.fileno()
@@ -144,8 +173,17 @@ class _Server(socketserver.ThreadingMixIn, socketserver.BaseServer):
             self.slots.release()
 
     def service_actions(self):
-        """(Between the serving loop's polls) cut off connections open too long."""
-        too_old = time.monotonic() - LONGEST
+        """(Between the serving loop's polls) cut off connections open too long; now and
+        then, fold the files of workers that are gone (read or not, they never pile up)."""
+        now = time.monotonic()
+        if now >= self.fold_at:
+            self.fold_at = now + FOLD_EVERY
+            try:
+                self.status.snapshot()
+            except Exception:
+                self.log.exception("heartworker: the status service failed to read the "
+                                   "workers' states")
+        too_old = now - LONGEST
         for request, came in list(self.open.items()):
             if came < too_old:
                 try:
@@ -176,7 +214,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.BaseServer):
         try:
             for each in [self.socket, *list(self.open)]:
                 try:
-                    os.dup2(null, each.fileno())
+                    os.dup2(null, each.fileno(), inheritable=False)
                 except OSError:
                     pass
         finally:
@@ -189,13 +227,15 @@ def listen(bind):
         path = bind[1]
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            if os.path.exists(path) and not os.path.isdir(path):
+            if os.path.lexists(path):
+                if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                    raise OSError(f"{path} exists and is not a socket")
                 probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
                     probe.connect(path)     # someone serves there: do not take it
                     raise OSError(f"{path} is in use")
                 except ConnectionRefusedError:
-                    os.unlink(path)         # a stale socket file
+                    os.unlink(path)         # a stale socket of a server gone
                 finally:
                     probe.close()
             sock.bind(path)
@@ -227,8 +267,9 @@ def shown(sock):
 class Service:
     """The arbiter's status service: started once per arbiter process."""
 
-    def __init__(self, bind, status, log, setting):
+    def __init__(self, bind, status, log, setting, replacing=False):
         self.bind, self.status, self.log, self.setting = bind, status, log, setting
+        self.replacing = replacing   # an arbiter re-executed by USR2, beside the old one
         self.server = None
         self.pid = os.getpid()
 
@@ -238,7 +279,7 @@ class Service:
         try:
             sock = listen(self.bind)
         except OSError as exc:
-            if "GUNICORN_FD" not in os.environ:
+            if not self.replacing:
                 self.log.error("heartworker: %s: cannot serve the status service there (%s); "
                                "Gunicorn does not start.", self.setting, exc)
                 sys.exit(1)
@@ -262,10 +303,20 @@ class Service:
     def _serve(self, sock):
         self.server = _Server(sock, self.status, self.log)
         os.register_at_fork(after_in_child=self._forked)
+        if self.bind[0] == "unix":
+            atexit.register(self._remove, self.bind[1], os.stat(self.bind[1]).st_ino)
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.5},
                          name="heartworker-status", daemon=True).start()
         self.log.info("heartworker: status service at %s (/livez /readyz /startupz /status "
                       "/metrics)", shown(sock))
+
+    def _remove(self, path, inode):
+        """(At the arbiter's exit) remove its unix socket, if it is still the one it made."""
+        try:
+            if os.getpid() == self.pid and os.stat(path).st_ino == inode:
+                os.unlink(path)
+        except OSError:
+            pass
 
     def _forked(self):
         if self.server is not None and os.getpid() != self.pid:

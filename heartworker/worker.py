@@ -28,7 +28,7 @@ from . import native
 from .aftermath import Aftermath, ordinal, shared_dir
 from .answer import answer_timeout, noting_response
 from .children import Children
-from .publish import Publisher
+from .publish import Publisher, serves_status
 from .endings import CANCEL_SIGNAL
 from .flavor import SyncFlavor
 from .guard import Guard
@@ -92,12 +92,17 @@ def start_status_service(settings, given, cfg, log, caller):
         sys.exit(1)
     from .status import Status
     from .status_http import Service
-    arbiter = caller.f_locals.get("self")
-    workers = (lambda: list(arbiter.WORKERS)) if isinstance(arbiter, Arbiter) else None
+    arbiter = caller.f_locals.get("self")       # (Arbiter.start calls check_config)
+    if isinstance(arbiter, Arbiter):
+        workers, replacing = (lambda: list(arbiter.WORKERS)), arbiter.master_pid != 0
+    else:
+        workers, replacing = None, "GUNICORN_PID" in os.environ
     status = Status(shared_dir(cfg.worker_tmp_dir), settings.livez_failed_startups,
                     setting_name(LIVEZ_FAILED_STARTUPS, given), workers)
-    service = _services[os.getpid()] = Service(settings.status_bind, status, log, name)
+    service = _services[os.getpid()] = Service(settings.status_bind, status, log, name,
+                                               replacing)
     service.start()
+    status.mark()         # the workers publish from now on, whatever their settings say
 
 
 class HeartWorkerMixin:
@@ -107,8 +112,8 @@ class HeartWorkerMixin:
 
     @classmethod
     def check_config(cls, cfg, log):
-        """In the arbiter, at its start (and at each HUP): warn of rules that never apply,
-        start the status service.  A bad setting is the workers' boot error
+        """In the arbiter, as it starts (``Arbiter.start``): warn of rules that never
+        apply, start the status service.  A bad setting is the workers' boot error
         (init_process), as always."""
         check = getattr(super(), "check_config", None)
         if check is not None:
@@ -263,7 +268,7 @@ class HeartWorkerMixin:
         self.startup = registry.enter("startup", settings.startup_cap, frame,
                                       started=self.spawned_at, stall=settings.startup_stall)
         guard.startup, guard.startup_note = self.startup, self.startup_note
-        if settings.status_bind is not None and self.aftermath_dir is not None:
+        if self.aftermath_dir is not None and serves_status(self.aftermath_dir):
             guard.publisher = Publisher(self.aftermath_dir, self)
         guard.watch.startup = self.startup
         self.heart, self.guard = registry, guard
@@ -295,23 +300,22 @@ class HeartWorkerMixin:
                 f"deadline of a section opened in it{stall}")
 
     def handle_request(self, *args):
-        """Gunicorn's, then the request's route section (if a rule opened one) is closed."""
+        return self.serve(super().handle_request, args)
+
+    def handle_http2_request(self, *args):
+        """An HTTP/2 stream (Gunicorn 25+): a request like any other."""
+        return self.serve(super().handle_http2_request, args)
+
+    def serve(self, handle, args):
+        """Gunicorn's ``handle``, counted in flight; then the request's route section (if
+        a rule opened one: routes.in_route_sections) is closed."""
         self.requests_begun += 1
         try:
-            return super().handle_request(*args)
+            return handle(*args)
         finally:
             self.requests_ended += 1
             if self.routes is not None:
                 leave_route(self.heart, self.flavor.request_context())
-
-    def handle_http2_request(self, *args):
-        """An HTTP/2 stream (Gunicorn 25+), as handle_request."""
-        if self.routes is None:
-            return super().handle_http2_request(*args)
-        try:
-            return super().handle_http2_request(*args)
-        finally:
-            leave_route(self.heart, self.flavor.request_context())
 
     # -- what the status service shows (publish.py) --------------------------------
     def phase(self):

@@ -29,7 +29,8 @@ def gunicorn_version():
 
 class Server:
     def __init__(self, workdir, app="tests.apps.app:app", worker="heartworker.SyncWorker",
-                 timeout=2, workers=1, env=None, args=(), program="gunicorn", ready_path="/pid"):
+                 timeout=2, workers=1, env=None, args=(), program="gunicorn", ready_path="/pid",
+                 by_address=False):
         self.workdir = str(workdir)
         self.ready_path = ready_path  # answers 200 once a worker serves
         self.program = program        # or "heartworker": the launcher (python -m heartworker)
@@ -38,6 +39,11 @@ class Server:
         self.proc = None
         self.log_path = os.path.join(self.workdir, f"gunicorn-{id(self)}.log")
         self.port = None
+        # Gunicorn binds the port itself (a free one, found just before), run by its
+        # console script as users run it: for a USR2 upgrade, which re-executes argv (a
+        # `python -m gunicorn` re-executed is gunicorn/__main__.py run as a script, whose
+        # directory shadows the stdlib's http) and cannot pass on a socket given as fd://
+        self.by_address = by_address
 
     # -- lifecycle -----------------------------------------------------------
     def start(self, ready=True, ready_timeout=30):
@@ -48,18 +54,24 @@ class Server:
         self.port = sock.getsockname()[1]
         fd = sock.fileno()
         kind = ["-k", self.worker] if self.worker else []    # (None: the program's default)
-        cmd = [sys.executable, "-m", self.program, *kind, "-b", f"fd://{fd}",
+        bind = f"127.0.0.1:{self.port}" if self.by_address else f"fd://{fd}"
+        if self.by_address:
+            sock.close()
+        run = [os.path.join(os.path.dirname(sys.executable), self.program)] \
+            if self.by_address else [sys.executable, "-m", self.program]
+        cmd = [*run, *kind, "-b", bind,
                "--timeout", str(self.timeout), "--workers", str(self.workers),
                "--graceful-timeout", "2", "--error-logfile", "-", "--log-level", "info",
                *self.args, self.app]
         if gunicorn_version() >= (25, 0):
-            cmd.insert(3, "--no-control-socket")
+            cmd.insert(len(run), "--no-control-socket")
         env = dict(os.environ, HOME=self.workdir, PYTHONUNBUFFERED="1",
                    PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.update(self.extra_env)
         self._logfile = open(self.log_path, "wb")
         try:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, pass_fds=[fd],
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env,
+                                         pass_fds=[] if self.by_address else [fd],
                                          stdout=self._logfile, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         finally:

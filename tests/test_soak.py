@@ -427,3 +427,18 @@ def test_a_death_a_starved_machine_delayed_is_still_the_requests(soak):
         phase.starvation = Stalls(stalls)
         soak.judge(phase, {"r1": 7}, {"r1": 0.0})
         assert (not phase.unexpected) == explained, (stalls, phase.unexpected)
+
+
+def test_a_close_the_soaks_own_stalls_kept_from_its_client_is_still_the_deaths(soak):
+    # Beside the test suite's parallel group, a client saw the close of a connection
+    # whose worker a fault had killed 1.3 s earlier: its own process had not run.
+    kill = soak.Fault(at=5.0, name="KILL", target=7)
+    log = "Worker (pid:7) was sent SIGKILL!"
+    for own, excused in [([], False), ([(6.3, 0.5)], True), ([(9.0, 0.5)], False)]:
+        r = soak.Result("long", "r1", start=1.0, end=6.35, outcome="closed")
+        phase = phase_with(soak, "sync", faults=[kill], results=[r], died={7: 5.05}, log=log)
+        phase.last_alive[7] = 5.0
+        phase.own_stalls = soak.OwnStalls.__new__(soak.OwnStalls)
+        phase.own_stalls.late = own
+        soak.judge(phase, {"r1": 7}, {"r1": 1.0})
+        assert (r.verdict == "collateral") == excused, own

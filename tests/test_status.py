@@ -228,6 +228,11 @@ def test_the_workers_hold_none_of_its_sockets(server):
         for pid in srv.worker_pids()[-2:]:
             leaked = socket_inodes(pid) & (arbiter_sockets - {listening_inode(srv.port)})
             assert listener not in socket_inodes(pid) and not leaked, (pid, leaked)
+            for fd in os.listdir(f"/proc/{pid}/fd"):       # what stands in for them: never
+                if int(fd) > 2 and os.path.realpath(f"/proc/{pid}/fd/{fd}") == os.devnull:
+                    with open(f"/proc/{pid}/fdinfo/{fd}") as info:     # passed on (exec)
+                        flags = int(info.read().split("flags:")[1].split()[0], 8)
+                    assert flags & 0o2000000, (pid, fd, "not close-on-exec")
     assert get(url, "/livez").status_code == 200
 
 
@@ -271,3 +276,82 @@ def test_the_launchers_option(server):
     assert json.loads(get(url, "/status").text)["workers"][0]["phase"] == "serving"
     bad = server(program="heartworker", args=["--status-bind", "nowhere"], ready=False)
     assert bad.proc.wait(20) != 0 and "Error: status_bind (--status-bind" in bad.log()
+
+
+# -- found by review ----------------------------------------------------------------------
+def test_odd_progress_notes_are_published_and_never_stop_the_guard(server):
+    srv, url = with_status(server, timeout=2)
+    thread, results = in_background(srv, "/chatty_section?s=3")
+    seen = set()
+
+    def notes():
+        for w in get(url, "/status").json()["workers"]:
+            for s in w["sections"]:
+                seen.add(s["note"])
+        return len(seen) >= 3
+
+    wait_until(notes, 4, every=0.05)
+    thread.join(15)
+    assert results["/chatty_section?s=3"][0] == 200
+    assert "the guard thread failed" not in srv.log() and "cannot be published" not in srv.log()
+    assert wait_until(lambda: not get(url, "/status").json()["workers"][0]["sections"], 5)
+    assert any(n and n.startswith("<unprintable") for n in seen) or len(seen) >= 3, seen
+
+
+def test_a_request_head_over_64_kib_in_all_is_431(server):
+    srv, url = with_status(server)
+    lines = b"".join(b"X-%d: %s\r\n" % (i, b"y" * 10_000) for i in range(10))   # 100 KB
+    assert raw(url, b"GET /livez HTTP/1.0\r\n" + lines + b"\r\n").startswith(b"HTTP/1.0 431")
+    assert get(url, "/livez").status_code == 200
+
+
+def test_a_unix_address_never_takes_a_file_that_is_not_a_socket(server, tmp_path):
+    path = tmp_path / "app.conf"
+    path.write_text("precious\n")
+    srv = server(env={BIND: f"unix:{path}"}, ready=False)
+    assert srv.proc.wait(20) != 0
+    assert "is not a socket" in srv.log() and path.read_text() == "precious\n", srv.log()
+
+
+def test_a_routes_cancellation_counts_once(server):
+    srv, url = with_status(server, env={"HEARTWORKER_ROUTE_CAPS": "GET /hang=1"})
+    assert wait_until(lambda: get(url, "/readyz").status_code == 200, 15)
+    assert srv.get("/hang").status_code == 504
+    assert wait_until(lambda: get(url, "/status").json()["counts"]["cancel"] == 1, 5)
+    time.sleep(1.2)
+    assert get(url, "/status").json()["counts"]["cancel"] == 1
+
+
+def test_a_usr2_upgrade_waits_for_the_old_arbiters_address(server):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    srv = server(env={BIND: f"127.0.0.1:{port}"}, ready=False, by_address=True)
+    url = status_url(srv)
+    old = srv.proc.pid
+    assert wait_until(lambda: get(url, "/readyz").status_code == 200, 15)
+    os.kill(old, signal.SIGUSR2)
+    assert srv.wait_for_log(r"starts once it is free", 15), srv.log()
+    new = int(re.findall(r"\[(\d+)\] \[WARNING\] heartworker: \S+ is taken", srv.log())[0])
+    os.kill(old, signal.SIGTERM)
+    assert wait_until(lambda: srv.log().count("status service at") == 2, 15), srv.log()
+    assert wait_until(lambda: get(url, "/status").json()["arbiter"]["pid"] == new, 10)
+    os.kill(new, signal.SIGTERM)
+
+
+def test_totals_are_read_with_the_workers_they_count(tmp_path):
+    from heartworker.status import Status
+    live = {11, 12}
+    status = Status(str(tmp_path), 3, "X", worker_pids=lambda: set(live))
+    for pid in (11, 12):
+        (tmp_path / f"{pid}.status").write_text(json.dumps({
+            "pid": pid, "phase": "serving", "written": time.time(), "startup": None,
+            "sections": [], "counts": {"cancel": 5}, "startup_took": 1.0, "in_flight": 0}))
+    (tmp_path / "13.status.new").write_text("{half")        # a write that never ended
+    workers, totals = status.snapshot()
+    assert set(workers) == {11, 12} and totals["cancel"] == 10
+    live.discard(12)                                         # it dies: folded, not lost
+    workers, totals = status.snapshot()
+    assert set(workers) == {11} and totals["cancel"] == 10
+    assert not (tmp_path / "12.status").exists() and not (tmp_path / "13.status.new").exists()
