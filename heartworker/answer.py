@@ -37,6 +37,19 @@ def noting_response(app, context):
     return app_noting_its_response
 
 
+_SEND_HEADERS = Response.send_headers.__code__
+
+
+def in_send_headers(exc):
+    """Was ``exc`` raised in Gunicorn's ``Response.send_headers`` (or below it)?"""
+    tb = getattr(exc, "__traceback__", None)
+    while tb is not None:
+        if tb.tb_frame.f_code is _SEND_HEADERS:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def noted_response(context, req):
     """The Gunicorn response of ``req`` and when its app was called, as noted on ``context``."""
     resp = getattr(context, "heartworker_response", None)
@@ -45,11 +58,15 @@ def noted_response(context, req):
     return resp, context.heartworker_started
 
 
-def answer_timeout(worker, req, client, addr, cause, exc=None):
+def answer_timeout(worker, req, client, addr, cause, exc=None, raised=None):
     """Answer ``req`` with a 504 naming ``cause``, unless its response had started.
 
     ``exc``: log its traceback too (where the request was when it was ended),
     for the endings that no heartworker CRITICAL line has shown already.
+    ``raised``: the exception that ended it; if it was raised while Gunicorn
+    sent the status line and headers, some may be on the wire already (Gunicorn
+    notes them as sent once all are): a 504 after them would corrupt the
+    response, so the connection is closed instead.
     """
     fix = (worker.route_hint(req.method, req.path)
            if worker.abort_outside and cause is worker.abort_cause else "")
@@ -57,7 +74,7 @@ def answer_timeout(worker, req, client, addr, cause, exc=None):
                        exc_info=exc)
     noted, started = (noted_response(worker.flavor.request_context(), req)
                       if worker.flavor is not None else (None, None))
-    if noted is not None and noted.headers_sent:
+    if noted is not None and noted.headers_sent or in_send_headers(raised):
         return                  # the caller closes the connection: a truncated response
     body = f"Gateway Timeout: {cause}\n".encode("utf-8")
     head = ("HTTP/1.1 504 Gateway Timeout\r\n"

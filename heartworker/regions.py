@@ -37,7 +37,7 @@ QUICK_WAIT = 0.0002  # seconds between two looks at a quick region that has not 
 # wrapper, `in_section`, runs the decorated function: that is the section's code).
 _BOOKKEEPING = frozenset("heartworker." + name for name in (
     "section", "registry", "store", "queries", "requests", "vouching", "regions", "deadline",
-    "guard", "endings", "messages", "heartbeat", "native"))
+    "guard", "endings", "messages", "heartbeat", "native", "routes", "worker"))
 
 
 class Regions:

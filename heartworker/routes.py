@@ -3,26 +3,26 @@
 A rule is ``[METHODS ]PATTERN=SECONDS[,stall=SECONDS]``:
 
 * ``METHODS``: a comma list (``GET,HEAD``); none means any method.
-* ``PATTERN`` is matched against ``PATH_INFO`` (no query string).  A glob:
-  ``*`` matches within one path segment (no ``/``), ``**`` across segments,
-  everything else is literal; the whole path must match.  ``~ `` before it
-  makes it a regular expression, searched in the path (anchor it with ``^``
-  and ``$`` to match the whole path).
+* ``PATTERN`` is matched against ``PATH_INFO`` (decoded, no query string).  A
+  glob, segment by segment: ``*`` matches within one path segment (no ``/``),
+  ``**`` is a whole segment that matches zero or more segments; everything
+  else is literal, and the whole path must match.  ``~ `` before it makes it a
+  regular expression, searched in the path (anchor it with ``^`` and ``$``).
 * ``SECONDS`` is the cap (it replaces ``--timeout`` for that request, longer
   or shorter); ``stall`` the longest the request may go without
   ``heartworker.progress()``.
 
 The first matching rule, in the order given, wins.  Rules are checked at boot
 (:func:`parse_rules`: a bad one is a :class:`~heartworker.SettingError` naming
-the setting and the rule) and compiled once (:class:`Routes`): consecutive glob
-rules become one regular expression, so a request that no rule matches costs
-one ``fullmatch`` for them all.
+the setting and the rule) and compiled once (:class:`Routes`).  A glob is
+matched without backtracking (:class:`Glob`: leftmost, with ``str.find``), so
+no path a client sends makes it slow; a path that begins with none of the
+globs' literal prefixes is told apart by one ``str.startswith``.
 """
 
 import re
 import shlex
-import sys
-from functools import lru_cache
+from urllib.parse import unquote
 
 from .deadline import INF, Section
 from .settings import SettingError, check_stall, parse_seconds
@@ -38,6 +38,7 @@ _RULE = re.compile(r"""\s*
     (?:\s*,\s*stall\s*=\s*(?P<stall>[^=,\s]+))?\s*$          # ,stall=60
     """, re.VERBOSE | re.DOTALL)
 _FORM = "[METHODS ]PATTERN=SECONDS[,stall=SECONDS]"
+MAX_RULE = 4096                     # characters in a rule
 
 
 class Route(Section):
@@ -49,7 +50,8 @@ class Route(Section):
 
 class Rule:
     """One rule, checked: ``methods`` (a frozenset, or None for any), ``pattern``
-    (the text after the methods), ``regex`` (compiled), ``cap``, ``stall``."""
+    (the text after the methods), ``regex`` (a compiled ``re`` pattern, or a
+    :class:`Glob`), ``cap``, ``stall``."""
 
     __slots__ = ("text", "methods", "pattern", "is_regex", "regex", "cap", "stall")
 
@@ -64,23 +66,91 @@ class Rule:
         return f"{methods}{'~ ' if self.is_regex else ''}{self.pattern}"
 
     def open(self, registry, frame):
-        """Open this rule's section for the calling owner, anchored at ``frame``
-        (the caller of the WSGI app); None if the owner is not one that vouches."""
+        """Open this rule's section for the calling owner, anchored at ``frame`` (see
+        :func:`in_route_sections`); None if the owner is not one that vouches."""
         section = Route(None, self.name, self.cap, INF, None, frame, 0.0, True, self.stall)
         return section if registry.add(section, frame) else None
 
     def matches(self, method, path):
-        return (self.methods is None or method in self.methods) and (
-            self.regex.search(path) if self.is_regex else self.regex.fullmatch(path)) is not None
+        """Does the request match (``path``: PATH_INFO)?"""
+        if self.methods is not None and method not in self.methods:
+            return False
+        if self.is_regex:
+            return self.regex.search(path) is not None
+        return self.regex.match(path.split("/"))
 
     def __repr__(self):
         return f"Rule({self.text!r})"
 
 
-def glob_regex(pattern):
-    """The regular expression of a glob: ``**`` any text, ``*`` any text without ``/``."""
-    parts = re.split(r"(\*\*|\*)", pattern)
-    return "".join(".*" if p == "**" else "[^/]*" if p == "*" else re.escape(p) for p in parts)
+class Glob:
+    """A glob, matched segment by segment in linear time.
+
+    The pattern's segments are cut at its ``**`` segments into groups: the
+    first group matches the path's first segments, the last its last ones, and
+    each group between is found leftmost in what is left (``**`` takes any
+    segments, so the leftmost place is never wrong).  Within a segment, the
+    text between ``*``s is found the same way (``str.find``).
+    """
+
+    __slots__ = ("groups", "prefix")
+
+    def __init__(self, pattern):
+        self.groups = [[]]
+        for segment in pattern.split("/"):
+            if segment == "**":
+                self.groups.append([])
+            else:
+                self.groups[-1].append(tuple(segment.split("*")))
+        # What every path it matches begins with: the text before its first '*' (less
+        # the '/' before a '**', which may stand for no segment at all).
+        head = pattern.split("*", 1)[0]
+        self.prefix = head[:-1] if head.endswith("/") and pattern[len(head):].startswith(
+            "**") else head
+
+    def match(self, segments):
+        """Does the path (``path.split("/")``) match?"""
+        groups = self.groups
+        if len(groups) == 1:
+            return len(segments) == len(groups[0]) and _each(groups[0], segments, 0)
+        first, last = groups[0], groups[-1]
+        end = len(segments) - len(last)
+        if end < len(first) or not _each(first, segments, 0) or not _each(last, segments, end):
+            return False
+        at = len(first)
+        for group in groups[1:-1]:
+            while at + len(group) <= end and not _each(group, segments, at):
+                at += 1
+            if at + len(group) > end:
+                return False
+            at += len(group)
+        return True
+
+
+def _each(group, segments, at):
+    """Does each segment pattern of ``group`` match its segment, from ``segments[at]`` on?"""
+    for i, parts in enumerate(group):
+        text = segments[at + i]
+        if len(parts) == 1:
+            if text != parts[0]:
+                return False
+            continue
+        first, last = parts[0], parts[-1]
+        if len(text) < len(first) + len(last) or not text.startswith(first) \
+                or not text.endswith(last):
+            return False
+        pos, stop = len(first), len(text) - len(last)
+        for middle in parts[1:-1]:
+            pos = text.find(middle, pos, stop)
+            if pos < 0:
+                return False
+            pos += len(middle)
+    return True
+
+
+def wsgi_text(text):
+    """``text`` as PATH_INFO holds it: its UTF-8 bytes read as latin-1 (PEP 3333)."""
+    return text.encode("utf-8").decode("latin-1")
 
 
 def parse_rule(text, setting):
@@ -91,6 +161,8 @@ def parse_rule(text, setting):
 
     if not isinstance(text, str):
         raise SettingError(f"{setting}: a rule must be a str, not {type(text).__name__}")
+    if len(text) > MAX_RULE:
+        raise SettingError(f"{setting}: a rule of {len(text)} characters (at most {MAX_RULE})")
     m = _RULE.fullmatch(text)
     if m is None:
         raise bad("is not a rule")
@@ -104,7 +176,7 @@ def parse_rule(text, setting):
         if not pattern:
             raise bad("has no regular expression after '~'")
         try:
-            regex = re.compile(pattern, re.DOTALL)
+            regex = re.compile(wsgi_text(pattern), re.DOTALL)
         except (re.error, RecursionError, OverflowError) as exc:
             raise bad(f"has a regular expression that does not compile ({exc})") from None
     else:
@@ -113,10 +185,12 @@ def parse_rule(text, setting):
                       "'~ ' before a regular expression)")
         if "=" in pattern:     # (a typo in the numbers' part, as often as a path's '=')
             raise bad("has '=' in its pattern (a path with '=' needs a regular expression, "
-                      "'~ ^/a=b$=5')")
-        if re.search(r"\*\*\*", pattern):
-            raise bad("has '***' in its pattern ('*' stays in a segment, '**' spans them)")
-        regex = re.compile(glob_regex(pattern), re.DOTALL)
+                      "'~ ^/a=b$=5'" + ("; a list holds one rule per item" if ";" in text
+                                        else "") + ")")
+        if any("**" in segment and segment != "**" for segment in pattern.split("/")):
+            raise bad("has '**' inside a segment ('**' is a whole segment, as in "
+                      "'/export/**/*.csv'; '*' stays within one)")
+        regex = Glob(wsgi_text(pattern))
     try:
         cap = parse_seconds("its cap", m["cap"])
         stall = None if m["stall"] is None else parse_seconds("its stall", m["stall"])
@@ -143,7 +217,7 @@ _FILLERS = ("", "q", "Zq9-._~%20(", "q/Zq9")   # what a wildcard may stand for, 
 def _samples(rule):
     """Paths the glob ``rule`` matches, one wildcard filler at a time (each one a path it
     matches: a segment filler for ``*``, any for ``**``)."""
-    parts = re.split(r"(\*\*|\*)", rule.pattern)
+    parts = re.split(r"(\*\*|\*)", wsgi_text(rule.pattern))
     for filler in _FILLERS:
         star = filler.replace("/", "") or filler
         yield "".join(filler if p == "**" else star if p == "*" else p for p in parts)
@@ -152,17 +226,17 @@ def _samples(rule):
 def shadowed_by(rule, earlier):
     """Does ``earlier`` match every request ``rule`` does (so ``rule`` never applies)?
 
-    Exact for identical patterns; for a glob ``rule``, ``earlier`` must match
-    its path with each wildcard filler in turn (empty, plain, odd characters,
-    several segments), for every method ``rule`` names.  A regular expression
-    ``rule`` is shadowed only by an identical one.  It may miss a shadowing;
+    Exact for identical patterns; for two globs, ``earlier`` must match
+    ``rule``'s path with each wildcard filler in turn (empty, plain, odd
+    characters, several segments), for every method ``rule`` names.  A
+    regular expression shadows, or is shadowed by, only an identical one.  It may miss a shadowing;
     it never warns of one that does not exist for the paths it tried.
     """
     if earlier.methods is not None and (rule.methods is None
                                         or not rule.methods <= earlier.methods):
         return False
-    if rule.is_regex:
-        return earlier.is_regex and earlier.pattern == rule.pattern
+    if rule.is_regex or earlier.is_regex:     # (a regex's reach is not tried: a lookahead
+        return earlier.is_regex and earlier.pattern == rule.pattern   # may spare a path)
     probe = next(iter(rule.methods)) if rule.methods else "GET"
     return all(earlier.matches(probe, path) for path in _samples(rule))
 
@@ -185,58 +259,34 @@ def warnings(rules, setting):
 
 # -- matching ----------------------------------------------------------------------
 class Routes:
-    """The rules, compiled for matching: :meth:`match` is on every request's path.
-
-    Consecutive glob rules become one regular expression over ``"METHOD PATH"``
-    (a named group per rule: the first that matches wins, as alternation
-    does), tried only if the path begins with one of their literal prefixes
-    (what comes before the first ``*``); a regular expression's rule is tried
-    on its own, its methods first.
-    """
+    """The rules, compiled for matching: :meth:`match` is on every request's path."""
 
     def __init__(self, rules):
         self.rules = tuple(rules)
-        self.chunks = []      # (prefixes or None, fullmatch, rules) / (None, search, rule, methods)
-        # A path that begins with none of the globs' prefixes can match only a regex rule
-        # (None: some glob begins with '*', so every path may match one).
-        prefixes = [r.pattern.split("*", 1)[0] for r in self.rules if not r.is_regex]
+        self.regex_rules = tuple(r for r in self.rules if r.is_regex)
+        # A path that begins with none of the globs' prefixes can match only a regex
+        # rule (None: some glob begins with '*', so every path may match one).
+        prefixes = [r.regex.prefix for r in self.rules if not r.is_regex]
         self.prefixes = None if not all(prefixes) else tuple(
             p for p in set(prefixes) if not any(p != q and p.startswith(q) for q in prefixes))
-        run = []
-        for rule in self.rules + (None,):
-            if rule is not None and not rule.is_regex:
-                run.append(rule)
-                continue
-            if run:
-                branches = "|".join(f"(?P<r{i}>{_method_regex(r)} {glob_regex(r.pattern)})"
-                                    for i, r in enumerate(run))
-                prefixes = tuple(r.pattern.split("*", 1)[0] for r in run)
-                self.chunks.append((prefixes if all(prefixes) else None,
-                                    re.compile(branches, re.DOTALL).fullmatch, tuple(run)))
-                run = []
-            if rule is not None:
-                self.chunks.append((None, rule.regex.search, rule, rule.methods))
-        self.regexes = [chunk[1:] for chunk in self.chunks if len(chunk) == 4]
 
     def match(self, method, path):
         """The first rule that matches ``method`` and ``path`` (PATH_INFO), or None."""
+        rules = self.rules
         if self.prefixes is not None and not path.startswith(self.prefixes):
-            for search, rule, methods in self.regexes:     # (the usual request: no glob's)
-                if (methods is None or method in methods) and search(path) is not None:
-                    return rule
-            return None
-        for chunk in self.chunks:
-            if len(chunk) == 4:                        # a regular expression's rule
-                _, search, rule, methods = chunk
-                if (methods is None or method in methods) and search(path) is not None:
+            rules = self.regex_rules            # (the usual request: no glob's)
+        segments = None
+        for rule in rules:
+            if rule.methods is not None and method not in rule.methods:
+                continue
+            if rule.is_regex:
+                if rule.regex.search(path) is not None:
                     return rule
                 continue
-            prefixes, fullmatch, rules = chunk
-            if prefixes is not None and not path.startswith(prefixes):
-                continue
-            m = fullmatch(f"{method} {path}")
-            if m is not None:
-                return rules[int(m.lastgroup[1:])]
+            if segments is None:
+                segments = path.split("/")
+            if rule.regex.match(segments):
+                return rule
         return None
 
     def __bool__(self):
@@ -246,34 +296,53 @@ class Routes:
         return len(self.rules)
 
 
-@lru_cache(maxsize=None)
-def _methods_regex(methods):
-    return "(?:" + "|".join(re.escape(m) for m in sorted(methods)) + ")"
-
-
-def _method_regex(rule):
-    return "[^ ]*" if rule.methods is None else _methods_regex(rule.methods)
-
-
 # -- in the worker ---------------------------------------------------------------------
 def in_route_sections(app, routes, registry, context):
     """Wrap the WSGI app: a request that a rule matches runs in the rule's section.
 
-    The section is anchored at the app's caller, Gunicorn's ``handle_request``,
-    so that it covers the response's body and its writing too, and it is noted
-    on ``context()`` (the request's owner) for :func:`leave_route` to close
-    when that returns (``HeartWorkerMixin.handle_request``).  Call it as
-    Gunicorn calls the app: from ``handle_request``, this wrapper outermost.
+    The section is anchored at the frame of ``HeartWorkerMixin.serve`` (noted
+    on ``context()``, the request's owner, as ``heartworker_serving``), which
+    runs Gunicorn's request handling and closes the section when it returns: it
+    covers the app, its response body and the writing of it, so that a slow
+    client does not get the worker killed at ``--timeout`` either.  A
+    cancellation lands in the app's code only (``frames.server_handling``), and
+    never in its ``close()``: the body returned is wrapped so that the section
+    is left before the app's ``close()`` runs (a file wrapper, which Gunicorn
+    sends itself, is returned as it is).
     """
     match = routes.match
+    from gunicorn.workers.base_async import ALREADY_HANDLED
 
     def app_in_its_route(environ, start_response):
         rule = match(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""))
-        if rule is not None:
-            context().heartworker_route = rule.open(registry, sys._getframe(1))
-        return app(environ, start_response)
+        if rule is None:
+            return app(environ, start_response)
+        here = context()
+        here.heartworker_route = rule.open(registry, here.heartworker_serving)
+        body = app(environ, start_response)
+        if body is ALREADY_HANDLED or isinstance(body, environ["wsgi.file_wrapper"]):
+            return body
+        return RouteBody(body, registry, here)
 
     return app_in_its_route
+
+
+class RouteBody:
+    """A response body whose ``close()`` leaves the route's section before the app's."""
+
+    __slots__ = ("body", "registry", "here")
+
+    def __init__(self, body, registry, here):
+        self.body, self.registry, self.here = body, registry, here
+
+    def __iter__(self):
+        return iter(self.body)          # (Gunicorn iterates the app's own iterator)
+
+    def close(self):
+        leave_route(self.registry, self.here)
+        close = getattr(self.body, "close", None)
+        if close is not None:
+            close()
 
 
 def leave_route(registry, here):
@@ -284,10 +353,24 @@ def leave_route(registry, here):
         registry.exit(section)
 
 
-def hint(method, path, launcher):
+# Characters of a path that a glob's rule cannot say as they are: its hint is a regex.
+_NOT_GLOB = re.compile(r"[=;*~\s'\"\\]|[^\x21-\x7e]")
+
+
+def hint(method, raw_path, launcher):
     """What a line about a request ended at ``--timeout`` outside every section adds:
-    the one-line fix that would have let it finish."""
-    rule = shlex.quote(f"{method} {path}=SECONDS")
-    fix = f"--route-cap {rule}" if launcher else f"-e HEARTWORKER_ROUTE_CAPS={rule}"
+    the one-line fix that would have let it finish, in the form the rules are given
+    (``launcher``: a ``--route-cap``; else the environment's variable).
+
+    The rule is matched against ``PATH_INFO``, decoded: the hint decodes the
+    request's raw path likewise, and says a path that a glob cannot (``=``,
+    ``;``, ``*``, spaces, non-ASCII...) as a regular expression.
+    """
+    path = unquote(raw_path, errors="replace")
+    pattern = path if not _NOT_GLOB.search(path) else \
+        "~ ^" + re.escape(path).replace(";", "\\x3b") + "$"
+    rule = shlex.quote(f"{method} {pattern}=SECONDS")
+    fix = f"--route-cap {rule}" if launcher else f"HEARTWORKER_ROUTE_CAPS={rule}"
+    where = "" if launcher else " (beside the rules it may hold already: ';' between them)"
     return (f" (if it may take longer, give it a cap of its own with no code change: "
-            f"{fix})")
+            f"{fix}{where})")

@@ -125,6 +125,11 @@ class HeartWorkerMixin:
             return
         for line in warnings(settings.route_caps, setting_name(ROUTE_CAPS, given)):
             log.warning("heartworker: %s", line)
+        environ_rules = cfg.env.get(ROUTE_CAPS, os.environ.get(ROUTE_CAPS)) or ""
+        if ROUTE_CAPS in given and environ_rules.strip():
+            log.warning("heartworker: %s gives the route caps: %s (%r) is not read; put "
+                        "every rule in one of the two", setting_name(ROUTE_CAPS, given),
+                        ROUTE_CAPS, environ_rules)
         if settings.status_bind is not None:
             start_status_service(settings, given, cfg, log, sys._getframe(1))
 
@@ -307,15 +312,22 @@ class HeartWorkerMixin:
         return self.serve(super().handle_http2_request, args)
 
     def serve(self, handle, args):
-        """Gunicorn's ``handle``, counted in flight; then the request's route section (if
-        a rule opened one: routes.in_route_sections) is closed."""
+        """Gunicorn's ``handle``, counted in flight.  With route caps, this frame is the
+        anchor of the request's route section, which it closes as ``handle`` returns
+        (if the body's ``close()`` has not: routes.in_route_sections)."""
         self.requests_begun += 1
+        if self.routes is None:
+            try:
+                return handle(*args)
+            finally:
+                self.requests_ended += 1
+        here = self.flavor.request_context()
+        here.heartworker_serving = sys._getframe()
         try:
             return handle(*args)
         finally:
             self.requests_ended += 1
-            if self.routes is not None:
-                leave_route(self.heart, self.flavor.request_context())
+            leave_route(self.heart, here)
 
     # -- what the status service shows (publish.py) --------------------------------
     def phase(self):
@@ -336,8 +348,11 @@ class HeartWorkerMixin:
             self.guard.ring()
 
     def route_hint(self, method, path):
-        """The fix a line about a request ended at --timeout outside every section names."""
-        return hint(method, path, launcher="route_caps" in self.cfg.settings)
+        """The fix a line about a request ended at --timeout outside every section names:
+        in the form that holds the rules (the launcher's, else the environment's)."""
+        launcher = ROUTE_CAPS in self.heart_given or (
+            "route_caps" in self.cfg.settings and not self.heart_settings.route_caps)
+        return hint(method, path, launcher)
 
     def run(self):
         startup = self.startup
@@ -439,9 +454,9 @@ class HeartWorkerMixin:
     def handle_error(self, req, client, addr, exc):
         if req is not None:
             if isinstance(exc, SectionCapExceeded):
-                return answer_timeout(self, req, client, addr, str(exc))
+                return answer_timeout(self, req, client, addr, str(exc), raised=exc)
             if isinstance(exc, SystemExit) and self.abort_cause is not None:
                 by_arbiter = self.guard is None or not self.guard.aborting
                 return answer_timeout(self, req, client, addr, self.abort_cause,
-                                      exc if by_arbiter else None)
+                                      exc if by_arbiter else None, raised=exc)
         return super().handle_error(req, client, addr, exc)

@@ -2,11 +2,14 @@
 
 import math
 import re
+import shlex
+import socket
 import time
+from urllib.parse import unquote
 
 import pytest
 
-from heartworker.routes import Routes, glob_regex, parse_rule, parse_rules, split_rules, warnings
+from heartworker.routes import Routes, hint, parse_rule, parse_rules, split_rules, warnings
 from heartworker.settings import SettingError
 from tests.test_progress import cmdline
 from tests.timing import StatsdListener, in_background, killed, timed_get
@@ -38,17 +41,50 @@ def test_a_rule_has_methods_a_pattern_a_cap_and_a_stall():
     assert parse_rule("~ ^/a=b$=5", SETTING).pattern == "^/a=b$"   # '=' in a regex
 
 
-def test_a_glob_star_stays_in_a_segment_and_two_stars_span_them():
-    r = routes("/a/*/c=1", "/b/**=2", "/x*.csv=3", "**/tail=4")
+def test_a_glob_star_stays_in_a_segment_and_two_stars_are_any_segments():
+    r = routes("/a/*/c=1", "/b/**=2", "/x*.csv=3", "**/tail=4", "/m/**/n/**/o=5",
+               "/f/*a*b*=6")
     assert r.match("GET", "/a/anything/c").cap == 1
     assert r.match("GET", "/a/one/two/c") is None
     assert r.match("GET", "/a/b/c/d") is None            # the whole path must match
     assert r.match("GET", "/b/1/2/3").cap == 2 and r.match("GET", "/b/").cap == 2
-    assert r.match("GET", "/b") is None                  # '/b/**' is what is below /b/
+    assert r.match("GET", "/b").cap == 2                 # '**' may be no segment at all
     assert r.match("GET", "/x2024.csv").cap == 3 and r.match("GET", "/x/y.csv") is None
-    assert r.match("GET", "/deep/down/tail").cap == 4
-    assert glob_regex("/a.b/*") == r"/a\.b/[^/]*"       # everything but the stars is literal
-    assert routes("/a.b=1").match("GET", "/aXb") is None
+    assert r.match("GET", "/deep/down/tail").cap == 4 and r.match("GET", "/tail").cap == 4
+    assert r.match("GET", "/m/n/o").cap == 5 and r.match("GET", "/m/1/n/2/3/o").cap == 5
+    assert r.match("GET", "/m/1/o/n") is None and r.match("GET", "/m/n") is None
+    assert r.match("GET", "/f/xaybz").cap == 6 and r.match("GET", "/f/ab").cap == 6
+    assert r.match("GET", "/f/ba") is None and r.match("GET", "/f/a/b") is None
+    assert routes("/a.b=1").match("GET", "/aXb") is None   # everything but stars is literal
+    assert routes("/a/[x]=1").match("GET", "/a/[x]").cap == 1
+
+
+def test_no_path_makes_a_glob_slow():
+    """Found by review: '**'s compiled to '.*' backtracked for seconds on a crafted path."""
+    r = routes("/p/**/b/**/a/**/z=600", "/q/**/**/**/z=600", "/s/*a*a*a*a*b=600")
+    for path in ("/p/" + "b/a/" * 1000, "/q/" + "/" * 4000, "/s/" + "a" * 4000):
+        start = time.perf_counter()
+        assert r.match("GET", path) is None
+        assert time.perf_counter() - start < 0.2, path[:10]
+
+
+def test_rules_and_paths_beyond_ascii_match_as_pep_3333_says():
+    """PATH_INFO is the path's UTF-8 bytes read as latin-1: a rule written 'ü' matches."""
+    r = routes("/files/ü/*=30", "~ ^/données$=40")
+    assert r.match("GET", "/files/ü/x".encode("utf-8").decode("latin-1")).cap == 30
+    assert r.match("GET", "/données".encode("utf-8").decode("latin-1")).cap == 40
+
+
+def test_the_hint_names_a_rule_that_matches_the_path_it_was_given_for():
+    for raw in ("/export", "/a%20b", "/%C3%BC", "/a=b", "/a;b", "/x*y", "/it's"):
+        for launcher in (False, True):
+            text = hint("GET", raw, launcher)
+            rule = re.search(r"(?:--route-cap |HEARTWORKER_ROUTE_CAPS=)('(?:[^']|'\"'\"')*')",
+                             text).group(1)
+            rule = shlex.split(rule)[0].replace("SECONDS", "30")
+            assert (split_rules(rule) if not launcher else [rule]) == [rule], rule
+            path_info = unquote(raw).encode("utf-8").decode("latin-1")
+            assert routes(rule).match("GET", path_info) is not None, (raw, rule)
 
 
 def test_the_first_matching_rule_wins_and_methods_filter():
@@ -60,20 +96,21 @@ def test_the_first_matching_rule_wins_and_methods_filter():
     assert r.match("DELETE", "/export/big").cap == 10
     assert r.match("GET", "/api/v2/users").cap == 20     # a regex is searched
     assert r.match("GET", "/x/api/v2/").cap == 10        # anchored with ^: not here
-    assert r.match("GET", "") is None and r.match("GET", "relative") is None
+    assert r.match("GET", "relative") is None
+    assert r.match("GET", "").cap == 10          # the app's root when SCRIPT_NAME is all of it
     # rules of both kinds keep their order, whichever way the path is looked at
     assert routes("~ ^/a=1", "/a/*=2").match("GET", "/a/x").cap == 1
     assert routes("/a/*=1", "~ ^/a=2").match("GET", "/a/x").cap == 1
     assert routes("/a/*=1", "~ ^/b=2", "/b/*=3").match("GET", "/b/x").cap == 2
     assert routes("/a/*=1", "POST ~ ^/b=2").match("GET", "/b") is None
     assert routes("/a/*=1", "*.csv=2").match("GET", "/x/y.csv") is None   # '*': one segment
-    assert routes("/a/*=1", "**.csv=2").match("GET", "/x/y.csv").cap == 2
+    assert routes("/a/*=1", "/**/*.csv=2").match("GET", "/x/y.csv").cap == 2
 
 
 def test_paths_with_odd_characters_match_as_text():
     r = routes("/files/*=30", "~ \\.zip$=40")
     assert r.match("GET", "/files/a b\nc").cap == 30      # (PATH_INFO is decoded text)
-    assert r.match("GET", "/files/é").cap == 30
+    assert r.match("GET", "/files/\xc3\xa9").cap == 30
     assert r.match("GET", "/other/x.zip").cap == 40
     assert r.match("GET", "/files/" + "x" * 100_000).cap == 30
 
@@ -83,7 +120,8 @@ def test_paths_with_odd_characters_match_as_text():
     ("=5", "is not a rule"),
     ("export/**=5", "never matches"),
     ("GET export=5", "never matches"),
-    ("/a/***=5", "'***'"),
+    ("/a/***=5", "'**' inside a segment"),
+    ("/a/x**=5", "'**' inside a segment"),
     ("~ ([=5", "does not compile"),
     ("~ =5", "no regular expression"),
     ("/x=abc", "not a number"),
@@ -117,9 +155,10 @@ def test_a_rule_an_earlier_one_shadows_is_warned_of():
                   ["/a/*=5", "/a/**=6"],               # /a/b/c is not /a/*
                   ["/a/x=5", "/a/*=6"],
                   ["POST /**=5", "/b=6"],
-                  ["~ ^/a=5", "~ ^/a/b=6"]):           # regex against regex: identical only
+                  ["~ ^/a=5", "~ ^/a/b=6"],            # regex against regex: identical only
+                  ["~ ^/files/(?!private/)=5", "/files/**=6"]):   # (found by review)
         assert warnings(parse_rules(texts, SETTING), SETTING) == [], texts
-    for texts in (["/a/*=5", "/a/b=6"], ["/a/**=5", "/a/*/c/*=6"], ["~ ^/a=5", "/a/*=6"],
+    for texts in (["/a/*=5", "/a/b=6"], ["/a/**=5", "/a/*/c/*=6"], ["/**=5", "/a/*=6"],
                   ["~ x=5", "~ x=6"], ["GET,POST /**=5", "POST /x=6"]):
         assert len(warnings(parse_rules(texts, SETTING), SETTING)) == 1, texts
     unknown = warnings(parse_rules(["GTE /x=5"], SETTING), SETTING)
@@ -187,7 +226,7 @@ def test_a_request_ended_at_timeout_outside_every_rule_names_the_fix(every_worke
     srv = each(every_worker, "POST /busy=30")        # not for GET
     status, took = timed_get(srv, "/busy?s=30")
     assert killed(status) and took < TIMEOUT + 1 + MARGIN
-    fix = "-e HEARTWORKER_ROUTE_CAPS='GET /busy=SECONDS'"
+    fix = "HEARTWORKER_ROUTE_CAPS='GET /busy=SECONDS'"
     assert srv.wait_for_log(re.escape(fix), 10), srv.log()
 
 
@@ -240,3 +279,35 @@ def test_report_lines_and_the_process_title_name_the_rule(server):
     assert "route 'GET /busy'" in srv.log().split("startup took", 1)[1], srv.log()
     if setproctitle is not None:
         assert "[route 'GET /busy'" in title, title
+
+
+# -- found by review: a cancellation lands in the app's code only -------------------------
+def raw_get(srv, path, wait=0.0, timeout=30):
+    """GET ``path`` on a plain socket, read nothing for ``wait`` s, then everything."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        time.sleep(wait)
+        data = b""
+        try:
+            while chunk := sock.recv(1 << 20):
+                data += chunk
+        except OSError:
+            pass
+        return data
+
+
+def test_a_cap_that_passes_while_gunicorn_writes_never_cuts_the_apps_close(every_worker):
+    srv = each(every_worker, "/big=1")
+    data = raw_get(srv, "/big?mb=10", wait=2.5)          # the cap passes mid-write
+    assert data.count(b"HTTP/1.1 ") == 1, data[:200]
+    assert srv.wait_for_log("app: close begins", 10), srv.log()
+    time.sleep(0.5)
+    log = srv.log()
+    assert log.count("app: close begins") == log.count("app: close done") == 1, log
+
+
+def test_a_cap_that_passes_as_the_response_is_sent_never_makes_two_status_lines(each_worker):
+    srv = each_worker(timeout=TIMEOUT, env={SETTING: "/sleep=0.003"})
+    for i in range(150):
+        data = raw_get(srv, f"/sleep?s={0.002 + (i % 5) * 0.0005}")
+        assert data.count(b"HTTP/1.1 ") == 1, (i, data[:300])

@@ -610,8 +610,27 @@ def stream_busy(start_response, chunks, seconds):
         yield b"chunk %d\n" % i
 
 
+class LoggedBody:
+    """A body of ``megabytes`` whose close() logs that it began and that it finished."""
+
+    def __init__(self, megabytes):
+        self.chunks = [b"x" * 65536] * int(megabytes * 16)
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+    def close(self):
+        log = logging.getLogger("gunicorn.error")
+        log.info("app: close begins")
+        time.sleep(0.05)
+        log.info("app: close done")
+
+
 def app(environ, start_response):
     query = parse_qs(environ.get("QUERY_STRING", ""))
+    if environ.get("PATH_INFO") == "/big":
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return LoggedBody(float(query["mb"][0]))
     if environ.get("PATH_INFO") == "/stream_busy":
         return stream_busy(start_response, int(query["n"][0]), float(query["s"][0]))
     if environ.get("PATH_INFO") == "/stream_then_hang":
