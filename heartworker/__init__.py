@@ -18,7 +18,7 @@ from .settings import SettingError
 
 replaced.check()     # -k heartworker.SyncWorker with --threads > 1: never silently
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["long_section", "LongSection", "progress", "SectionCapExceeded", "SettingError",
            "SyncWorker", "ThreadWorker", "GeventWorker"]
 

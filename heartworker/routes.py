@@ -22,6 +22,7 @@ globs' literal prefixes is told apart by one ``str.startswith``.
 
 import re
 import shlex
+import sys
 from urllib.parse import unquote
 
 from .deadline import INF, Section
@@ -318,7 +319,8 @@ def in_route_sections(app, routes, registry, context):
         if rule is None:
             return app(environ, start_response)
         here = context()
-        here.heartworker_route = rule.open(registry, here.heartworker_serving)
+        anchor = getattr(here, "heartworker_serving", None) or sys._getframe(1)
+        here.heartworker_route = rule.open(registry, anchor)
         body = app(environ, start_response)
         if body is ALREADY_HANDLED or isinstance(body, environ["wsgi.file_wrapper"]):
             return body

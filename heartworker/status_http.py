@@ -22,6 +22,7 @@ loads the app first: the service starts once it has.)
 
 import atexit
 import http.client
+import importlib.util
 import json
 import os
 import socket
@@ -322,3 +323,35 @@ class Service:
         if self.server is not None and os.getpid() != self.pid:
             self.server.close_in_child()
             self.server = None
+
+
+_services = {}     # arbiter pid -> its status service (one, whatever a HUP does)
+
+
+def start_service(settings, given, cfg, log, caller):
+    """Start the arbiter's status service, once per arbiter (``caller``: the frame of
+    ``Arbiter.start``, which calls ``check_config``: the arbiter, for its workers)."""
+    from gunicorn.arbiter import Arbiter
+
+    from .aftermath import shared_dir
+    from .settings import LIVEZ_FAILED_STARTUPS, STATUS_BIND, setting_name
+    from .status import Status
+
+    if os.getpid() in _services:
+        return
+    name = setting_name(STATUS_BIND, given)
+    if importlib.util.find_spec("prometheus_client") is None:
+        log.error("heartworker: %s needs prometheus_client (pip install "
+                  "'heartworker[status]'); Gunicorn does not start.", name)
+        sys.exit(1)
+    arbiter = caller.f_locals.get("self")
+    if isinstance(arbiter, Arbiter):
+        workers, replacing = (lambda: list(arbiter.WORKERS)), arbiter.master_pid != 0
+    else:
+        workers, replacing = None, "GUNICORN_PID" in os.environ
+    status = Status(shared_dir(cfg.worker_tmp_dir), settings.livez_failed_startups,
+                    setting_name(LIVEZ_FAILED_STARTUPS, given), workers)
+    service = _services[os.getpid()] = Service(settings.status_bind, status, log, name,
+                                               replacing)
+    service.start()
+    status.mark()         # the workers publish from now on, whatever their settings say

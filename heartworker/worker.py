@@ -16,7 +16,6 @@ gevent has patched), the serving thread is the one owner, as in the sync
 worker, and a deadline aborts the worker (nothing is served yet).
 """
 
-import importlib.util
 import os
 import signal
 import sys
@@ -28,18 +27,17 @@ from . import native
 from .aftermath import Aftermath, ordinal, shared_dir
 from .answer import answer_timeout, noting_response
 from .children import Children
-from .publish import Publisher, serves_status
 from .endings import CANCEL_SIGNAL
 from .flavor import SyncFlavor
 from .guard import Guard
 from .heartbeat import Heartbeat, check_protocol
+from .publish import Publisher, serves_status
 from .registry import Registry
 from .report import Watch, duration
 from .routes import Routes, hint, in_route_sections, leave_route, warnings
 from .section import SectionCapExceeded, activate
-from .settings import (CANCEL_GRACE, LIVEZ_FAILED_STARTUPS, ROUTE_CAPS, STARTUP_CAP,
-                       STARTUP_STALL, STATUS_BIND, SettingError, Settings, from_gunicorn,
-                       setting_name)
+from .settings import (CANCEL_GRACE, ROUTE_CAPS, STARTUP_CAP, STARTUP_STALL, SettingError,
+                       Settings, from_gunicorn, setting_name)
 
 ANSWER_TIME = 1.0   # seconds an aborting worker has to answer before the arbiter's SIGKILL
 GRACEFUL_ANSWER = 0.25   # at most: sections end this much before --graceful-timeout runs out
@@ -78,33 +76,6 @@ def handler_codes(except_for):
     return frozenset(codes)
 
 
-_services = {}     # arbiter pid -> its status service (one, whatever HUP does)
-
-
-def start_status_service(settings, given, cfg, log, caller):
-    """Start the arbiter's status service, once (``caller``: Arbiter.setup's frame)."""
-    if os.getpid() in _services:
-        return
-    name = setting_name(STATUS_BIND, given)
-    if importlib.util.find_spec("prometheus_client") is None:
-        log.error("heartworker: %s needs prometheus_client (pip install "
-                  "'heartworker[status]'); Gunicorn does not start.", name)
-        sys.exit(1)
-    from .status import Status
-    from .status_http import Service
-    arbiter = caller.f_locals.get("self")       # (Arbiter.start calls check_config)
-    if isinstance(arbiter, Arbiter):
-        workers, replacing = (lambda: list(arbiter.WORKERS)), arbiter.master_pid != 0
-    else:
-        workers, replacing = None, "GUNICORN_PID" in os.environ
-    status = Status(shared_dir(cfg.worker_tmp_dir), settings.livez_failed_startups,
-                    setting_name(LIVEZ_FAILED_STARTUPS, given), workers)
-    service = _services[os.getpid()] = Service(settings.status_bind, status, log, name,
-                                               replacing)
-    service.start()
-    status.mark()         # the workers publish from now on, whatever their settings say
-
-
 class HeartWorkerMixin:
 
     def make_flavor(self):
@@ -131,7 +102,8 @@ class HeartWorkerMixin:
                         "every rule in one of the two", setting_name(ROUTE_CAPS, given),
                         ROUTE_CAPS, environ_rules)
         if settings.status_bind is not None:
-            start_status_service(settings, given, cfg, log, sys._getframe(1))
+            from .status_http import start_service
+            start_service(settings, given, cfg, log, sys._getframe(1))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -327,6 +299,7 @@ class HeartWorkerMixin:
             return handle(*args)
         finally:
             self.requests_ended += 1
+            here.heartworker_serving = None     # (the frame holds the request's objects)
             leave_route(self.heart, here)
 
     # -- what the status service shows (publish.py) --------------------------------
