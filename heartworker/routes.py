@@ -23,7 +23,7 @@ globs' literal prefixes is told apart by one ``str.startswith``.
 import re
 import shlex
 import sys
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 from .deadline import INF, Section
 from .settings import SettingError, check_stall, parse_seconds
@@ -40,6 +40,7 @@ _RULE = re.compile(r"""\s*
     """, re.VERBOSE | re.DOTALL)
 _FORM = "[METHODS ]PATTERN=SECONDS[,stall=SECONDS]"
 MAX_RULE = 4096                     # characters in a rule
+MAX_SEGMENTS = 32                   # segments in a glob: matching costs path x group at worst
 
 
 class Route(Section):
@@ -91,7 +92,9 @@ class Glob:
     first group matches the path's first segments, the last its last ones, and
     each group between is found leftmost in what is left (``**`` takes any
     segments, so the leftmost place is never wrong).  Within a segment, the
-    text between ``*``s is found the same way (``str.find``).
+    text between ``*``s is found the same way (``str.find``).  No backtracking:
+    at worst a group is tried at each segment of the path (a glob has at most
+    ``MAX_SEGMENTS``).
     """
 
     __slots__ = ("groups", "prefix")
@@ -188,6 +191,8 @@ def parse_rule(text, setting):
             raise bad("has '=' in its pattern (a path with '=' needs a regular expression, "
                       "'~ ^/a=b$=5'" + ("; a list holds one rule per item" if ";" in text
                                         else "") + ")")
+        if pattern.count("/") >= MAX_SEGMENTS:    # (a group is tried at each segment)
+            raise bad(f"has over {MAX_SEGMENTS} segments")
         if any("**" in segment and segment != "**" for segment in pattern.split("/")):
             raise bad("has '**' inside a segment ('**' is a whole segment, as in "
                       "'/export/**/*.csv'; '*' stays within one)")
@@ -368,9 +373,17 @@ def hint(method, raw_path, launcher):
     request's raw path likewise, and says a path that a glob cannot (``=``,
     ``;``, ``*``, spaces, non-ASCII...) as a regular expression.
     """
-    path = unquote(raw_path, errors="replace")
-    pattern = path if not _NOT_GLOB.search(path) else \
-        "~ ^" + re.escape(path).replace(";", "\\x3b") + "$"
+    raw = unquote_to_bytes(raw_path)
+    try:
+        path = raw.decode("utf-8")
+        escaped = re.escape(path)
+    except UnicodeDecodeError:      # not UTF-8 text: its bytes, as '\xff' in a regex
+        path = None
+        escaped = "".join(re.escape(chr(b)) if b < 0x80 else f"\\x{b:02x}" for b in raw)
+    if path is not None and not _NOT_GLOB.search(path):
+        pattern = path
+    else:
+        pattern = "~ ^" + escaped.replace(";", "\\x3b") + "$"
     rule = shlex.quote(f"{method} {pattern}=SECONDS")
     fix = f"--route-cap {rule}" if launcher else f"HEARTWORKER_ROUTE_CAPS={rule}"
     where = "" if launcher else " (beside the rules it may hold already: ';' between them)"

@@ -5,7 +5,7 @@ import re
 import shlex
 import socket
 import time
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 import pytest
 
@@ -76,14 +76,15 @@ def test_rules_and_paths_beyond_ascii_match_as_pep_3333_says():
 
 
 def test_the_hint_names_a_rule_that_matches_the_path_it_was_given_for():
-    for raw in ("/export", "/a%20b", "/%C3%BC", "/a=b", "/a;b", "/x*y", "/it's"):
+    for raw in ("/export", "/a%20b", "/%C3%BC", "/a=b", "/a;b", "/x*y", "/it's", "/%FF",
+                "/a%FFb;c"):
         for launcher in (False, True):
             text = hint("GET", raw, launcher)
             rule = re.search(r"(?:--route-cap |HEARTWORKER_ROUTE_CAPS=)('(?:[^']|'\"'\"')*')",
                              text).group(1)
             rule = shlex.split(rule)[0].replace("SECONDS", "30")
             assert (split_rules(rule) if not launcher else [rule]) == [rule], rule
-            path_info = unquote(raw).encode("utf-8").decode("latin-1")
+            path_info = unquote_to_bytes(raw).decode("latin-1")     # as Gunicorn makes it
             assert routes(rule).match("GET", path_info) is not None, (raw, rule)
 
 
@@ -122,6 +123,7 @@ def test_paths_with_odd_characters_match_as_text():
     ("GET export=5", "never matches"),
     ("/a/***=5", "'**' inside a segment"),
     ("/a/x**=5", "'**' inside a segment"),
+    ("/" + "a/" * 40 + "**=5", "over 32 segments"),
     ("~ ([=5", "does not compile"),
     ("~ =5", "no regular expression"),
     ("/x=abc", "not a number"),
