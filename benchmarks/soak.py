@@ -444,15 +444,16 @@ def how_it_ended(log, pid):
       threaded worker that retired at the end of its graceful stop with
       request threads it could not end (code 1, and heartworker says so);
     * "aborted": the arbiter's ``WORKER TIMEOUT`` (its SIGABRT), then an exit
-      (code 0 when the abort ended a request, as in stock, else 1);
+      (code 0 when the abort ended a request, as in stock, else 1), or death by
+      that SIGABRT itself (a worker already exiting runs no Python handler);
     * "aborted, then SIGKILL": the arbiter's SIGKILL at a later look;
     * "SIGKILL" with no ``WORKER TIMEOUT`` (the soak's fault), "code 1" (an
       abort of heartworker's guard), or any other signal or exit code.
     """
     m = re.search(rf"Worker \(pid:{pid}\) (?:was sent (\w+)|exited with code (\d+))", log)
     signal_name = m and m.group(1)
-    if f"WORKER TIMEOUT (pid:{pid})" in log and signal_name in (None, "SIGKILL"):
-        return "aborted, then SIGKILL" if signal_name else "aborted"
+    if f"WORKER TIMEOUT (pid:{pid})" in log and signal_name in (None, "SIGKILL", "SIGABRT"):
+        return "aborted, then SIGKILL" if signal_name == "SIGKILL" else "aborted"
     if m is None or signal_name == "SIGTERM" or \
             f"worker (pid {pid}) exits with" in log and m.group(2) == "1":
         return "graceful"
@@ -493,9 +494,12 @@ def explain_deaths(phase, ran_on):
                 until = died
             else:
                 until = max(fault.at, min(died, earliest_death(phase, pid)))
+            # (what kept a graceful stop going: C code holding the GIL, or a machine that
+            # ran nothing meanwhile: its exit then outlasts --timeout, as stock's would)
+            starved = phase.starvation.during(fault.at, until) if phase.starvation else 0.0
             explains = aimed and rules.fault_explains(
                 fault.name, how, fault.at, until,
-                delayed=gil_held(phase, ran_on, pid, fault.at, until),
+                delayed=gil_held(phase, ran_on, pid, fault.at, until) + starved,
                 stuck=phase.flavor == "gthread" and ran_during(
                     phase, ran_on, pid, rules.STUCK_IN_THREADS, fault.at, until) > 0)
             if explains:

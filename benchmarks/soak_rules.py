@@ -251,7 +251,8 @@ def fault_explains(fault, how, sent_at, died_at, delayed=0.0, stuck=False):
     """Does a fault sent at ``sent_at`` explain a worker's death at ``died_at``?
 
     ``delayed``: how long C code held the GIL in that worker meanwhile (its
-    SIGTERM handler, and so its graceful stop, waits for the GIL); ``stuck``:
+    SIGTERM handler, and so its graceful stop, waits for the GIL), and how long
+    the machine ran nothing (a starved worker's exit outlasts --timeout); ``stuck``:
     a threaded worker ran a request that no cancellation ends
     (``STUCK_IN_THREADS``) meanwhile.  Only these keep a graceful stop past
     --timeout, so only they let it end in an abort.

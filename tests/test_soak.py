@@ -442,3 +442,25 @@ def test_a_close_the_soaks_own_stalls_kept_from_its_client_is_still_the_deaths(s
         phase.own_stalls.late = own
         soak.judge(phase, {"r1": 7}, {"r1": 1.0})
         assert (r.verdict == "collateral") == excused, own
+
+
+def test_a_graceful_stop_a_starved_machine_kept_past_timeout_may_end_in_the_arbiters_abort(soak):
+    # Beside the test suite: a HUP stopped a threaded worker, which said "Worker exiting"
+    # and was aborted by the arbiter 2 s later, while the machine ran nothing for 1.5 s.
+    class Stalls:
+        def __init__(self, late):
+            self.late = late
+
+        def during(self, since, until):
+            return sum(min(w, until) - max(w - s, since) for w, s in self.late
+                       if w > since and w - s < until)
+
+    hup = soak.Fault(at=10.0, name="HUP", target=None, workers=(7,))
+    log = ("Worker exiting (pid: 7)\nWORKER TIMEOUT (pid:7)\n"
+           "Worker (pid:7) was sent SIGABRT!")
+    for stalls, explained in [([], False), ([(12.0, 1.5)], True)]:
+        phase = phase_with(soak, "gthread", faults=[hup], died={7: 13.2}, log=log)
+        phase.last_alive[7] = 13.1
+        phase.starvation = Stalls(stalls)
+        soak.explain_deaths(phase, {})
+        assert (not phase.unexpected) == explained, (stalls, phase.unexpected)
