@@ -313,3 +313,11 @@ def test_a_cap_that_passes_as_the_response_is_sent_never_makes_two_status_lines(
     for i in range(150):
         data = raw_get(srv, f"/sleep?s={0.002 + (i % 5) * 0.0005}")
         assert data.count(b"HTTP/1.1 ") == 1, (i, data[:300])
+
+
+def test_a_rule_vouches_for_c_code_that_holds_the_gil(every_worker):
+    srv = each(every_worker, "GET /gil=30")
+    pid = srv.get("/pid").text
+    status, took = timed_get(srv, "/gil?s=4")          # no Python code runs for 4 s
+    assert status == 200 and took >= 4, srv.log()
+    assert srv.get("/pid").text == pid and "WORKER TIMEOUT" not in srv.log()
