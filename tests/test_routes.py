@@ -312,7 +312,9 @@ def test_a_cap_that_passes_as_the_response_is_sent_never_makes_two_status_lines(
     srv = each_worker(timeout=TIMEOUT, env={SETTING: "/sleep=0.003"})
     for i in range(150):
         data = raw_get(srv, f"/sleep?s={0.002 + (i % 5) * 0.0005}")
-        assert data.count(b"HTTP/1.1 ") == 1, (i, data[:300])
+        # a 200, a 504, or a close (when it came as the head was being sent): never two
+        assert data.count(b"HTTP/1.1 ") <= 1 and (not data or data.startswith(b"HTTP/1.1 ")), \
+            (i, data[:300])
 
 
 def test_a_rule_vouches_for_c_code_that_holds_the_gil(every_worker):
