@@ -68,6 +68,17 @@ def test_a_slow_leak_of_a_steady_process_is_found_by_its_growth_per_hour(soak):
         soak.leaks_of("w", short, fd_band=2, thread_band=1, steady=True)
 
 
+class Stalls:
+    """A machine's stops, as ``soak.Starvation`` gives them: [(woke, seconds late)]."""
+
+    def __init__(self, late):
+        self.late = late
+
+    def during(self, since, until):
+        return sum(min(w, until) - max(w - s, since) for w, s in self.late
+                   if w > since and w - s < until)
+
+
 def phase_with(soak, flavor, faults=(), results=(), died=None, log="", alive=()):
     phase = soak.Phase(flavor, results=list(results), faults=list(faults), log=log)
     phase.booted = list(died or {}) + list(alive)
@@ -413,14 +424,6 @@ def test_a_gil_hold_within_its_cap_that_a_starved_machine_stretched_may_be_kille
 def test_a_death_a_starved_machine_delayed_is_still_the_requests(soak):
     # A retiring threaded worker exited 2.09 s after its cap_wait's answer, past the 2 s a
     # request's death is allowed, while the machine ran nothing for a second of that.
-    class Stalls:
-        def __init__(self, late):
-            self.late = late
-
-        def during(self, since, until):
-            return sum(min(w, until) - max(w - s, since) for w, s in self.late
-                       if w > since and w - s < until)
-
     for stalls, explained in [([], False), ([(6.5, 1.0)], True)]:
         r = soak.Result("cap_wait", "r1", start=0.0, end=5.05, outcome="closed")
         phase = phase_with(soak, "gthread", results=[r], died={7: 7.14})   # (graceful)
@@ -447,14 +450,6 @@ def test_a_close_the_soaks_own_stalls_kept_from_its_client_is_still_the_deaths(s
 def test_a_graceful_stop_a_starved_machine_kept_past_timeout_may_end_in_the_arbiters_abort(soak):
     # Beside the test suite: a HUP stopped a threaded worker, which said "Worker exiting"
     # and was aborted by the arbiter 2 s later, while the machine ran nothing for 1.5 s.
-    class Stalls:
-        def __init__(self, late):
-            self.late = late
-
-        def during(self, since, until):
-            return sum(min(w, until) - max(w - s, since) for w, s in self.late
-                       if w > since and w - s < until)
-
     hup = soak.Fault(at=10.0, name="HUP", target=None, workers=(7,))
     log = ("Worker exiting (pid: 7)\nWORKER TIMEOUT (pid:7)\n"
            "Worker (pid:7) was sent SIGABRT!")
