@@ -55,17 +55,14 @@ class Rule:
     (the text after the methods), ``regex`` (a compiled ``re`` pattern, or a
     :class:`Glob`), ``cap``, ``stall``."""
 
-    __slots__ = ("text", "methods", "pattern", "is_regex", "regex", "cap", "stall")
+    __slots__ = ("text", "methods", "pattern", "is_regex", "regex", "cap", "stall", "name")
 
     def __init__(self, text, methods, pattern, is_regex, regex, cap, stall):
         self.text, self.methods, self.pattern = text, methods, pattern
         self.is_regex, self.regex, self.cap, self.stall = is_regex, regex, cap, stall
-
-    @property
-    def name(self):
-        """What the section is called: ``POST /export/**`` (the methods and the pattern)."""
-        methods = ",".join(sorted(self.methods)) + " " if self.methods else ""
-        return f"{methods}{'~ ' if self.is_regex else ''}{self.pattern}"
+        # what its section is called: ``POST /export/**`` (the methods and the pattern)
+        shown = ",".join(sorted(methods)) + " " if methods else ""
+        self.name = f"{shown}{'~ ' if is_regex else ''}{pattern}"
 
     def open(self, registry, frame):
         """Open this rule's section for the calling owner, anchored at ``frame`` (see
@@ -235,8 +232,9 @@ def shadowed_by(rule, earlier):
     Exact for identical patterns; for two globs, ``earlier`` must match
     ``rule``'s path with each wildcard filler in turn (empty, plain, odd
     characters, several segments), for every method ``rule`` names.  A
-    regular expression shadows, or is shadowed by, only an identical one.  It may miss a shadowing;
-    it never warns of one that does not exist for the paths it tried.
+    regular expression shadows, or is shadowed by, only an identical one.  It
+    may miss a shadowing; it never warns of one that does not exist for the
+    paths it tried.
     """
     if earlier.methods is not None and (rule.methods is None
                                         or not rule.methods <= earlier.methods):
@@ -295,12 +293,6 @@ class Routes:
                 return rule
         return None
 
-    def __bool__(self):
-        return bool(self.rules)
-
-    def __len__(self):
-        return len(self.rules)
-
 
 # -- in the worker ---------------------------------------------------------------------
 def in_route_sections(app, routes, registry, context):
@@ -311,10 +303,10 @@ def in_route_sections(app, routes, registry, context):
     runs Gunicorn's request handling and closes the section when it returns: it
     covers the app, its response body and the writing of it, so that a slow
     client does not get the worker killed at ``--timeout`` either.  A
-    cancellation lands in the app's code only (``frames.server_handling``), and
-    never in its ``close()``: the body returned is wrapped so that the section
-    is left before the app's ``close()`` runs (a file wrapper, which Gunicorn
-    sends itself, is returned as it is).
+    cancellation never lands in the app's ``close()``: the body returned is
+    wrapped so that the section is left before it runs (a file wrapper, which
+    Gunicorn sends itself, is returned as it is); one that lands while Gunicorn
+    sends the head closes the connection (``answer.in_send_headers``).
     """
     match = routes.match
     from gunicorn.workers.base_async import ALREADY_HANDLED
