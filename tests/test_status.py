@@ -369,3 +369,12 @@ def test_totals_are_read_with_the_workers_they_count(tmp_path):
     workers, totals = status.snapshot()
     assert set(workers) == {11} and totals["cancel"] == 10
     assert not (tmp_path / "12.status").exists() and not (tmp_path / "13.status.new").exists()
+
+
+@pytest.mark.parametrize("count", ["0", "abc", "1e3", "-1"])
+def test_a_bad_livez_count_refuses_to_boot_naming_the_setting(server, count):
+    srv = server(env={BIND: "127.0.0.1:0", "HEARTWORKER_LIVEZ_FAILED_STARTUPS": count},
+                 ready=False)
+    assert srv.proc.wait(20) != 0
+    assert "HEARTWORKER_LIVEZ_FAILED_STARTUPS" in srv.log() and repr(count) in srv.log(), \
+        srv.log()
