@@ -154,11 +154,21 @@ class Aftermath:
         return fatal, "\n".join(line for line in lines if not line.startswith(
             ("Fatal Python error", "Extension modules"))).strip()
 
-    def enable_dump(self):
-        """Point faulthandler at this worker's file (after Gunicorn installed its handlers)."""
+    def enable_dump(self, all_threads):
+        """Point faulthandler at this worker's file (after Gunicorn installed its handlers).
+
+        ``all_threads``: dump every thread, not only the one the signal lands on.
+        faulthandler walks the other threads' frames without the GIL, which is safe
+        while C code holds it (the case the dump is for: nothing else runs) and can
+        crash the worker when another thread runs Python meanwhile (the guard, while
+        the arbiter aborts a worker whose serving thread runs Python: seen as
+        SIGSEGV on Python 3.13).  So only the threaded worker, whose request threads
+        are the ones that hold the GIL, takes that risk; the sync and gevent workers
+        serve on the main thread, where the arbiter's SIGABRT lands (the guard
+        blocks every signal), and dump that one."""
         try:
             self.file = open(os.path.join(self.path, f"{self.stem}.stacks"), "w")
-            faulthandler.enable(file=self.file, all_threads=True)
+            faulthandler.enable(file=self.file, all_threads=all_threads)
         except (OSError, ValueError, RuntimeError) as exc:
             self.log.warning("heartworker: no stack dump when C code holds the GIL: %s", exc)
             self.file = None

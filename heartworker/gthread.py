@@ -243,6 +243,8 @@ class ThreadFlavor:
 class ThreadWorker(HeartWorkerMixin, gthread.ThreadWorker):
     """``gunicorn -k heartworker.ThreadWorker --threads N``."""
 
+    dump_all_threads = True     # (request threads hold the GIL, not the main one)
+
     def make_flavor(self):
         return ThreadFlavor()
 

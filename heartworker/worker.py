@@ -184,7 +184,8 @@ class HeartWorkerMixin:
         if self.aftermath is not None:
             # stacks left by a worker killed with the GIL held (in its startup: a failed one)
             self.aftermath.collect(self.startup_killed_note)
-            self.aftermath.enable_dump()    # after Gunicorn's SIGABRT handler: chained to it
+            # after Gunicorn's SIGABRT handler: chained to it
+            self.aftermath.enable_dump(self.dump_all_threads)
 
     def load_wsgi(self):
         if not self.heart_tried and self.heart_settings is not None:
@@ -357,6 +358,8 @@ class HeartWorkerMixin:
 
     # Does the worker's own handle_abort log the stack the abort's signal found? (gevent's)
     logs_abort_stack = False
+    # Does faulthandler dump every thread at SIGABRT, or the serving one? (aftermath.py)
+    dump_all_threads = False
 
     def handle_abort(self, sig, frame):
         guard = self.guard

@@ -54,3 +54,7 @@ def test_gil_held_past_the_cap_is_killed_by_cap_plus_timeout_with_the_stack(star
     log = srv.log()
     assert re.search(r'File ".*gil\.py", line \d+ in hold_gil', log), log
     assert re.search(r'File ".*app\.py", line \d+ in route', log), log
+    # The serving thread's stack alone where it is the main thread: faulthandler walks
+    # other threads without the GIL, and crashes the worker (SIGSEGV, no 504) when one
+    # of them runs Python meanwhile (the guard, on 3.13): aftermath.Aftermath.enable_dump
+    assert ("Thread 0x" in log) == ("ThreadWorker" in srv.worker), log
