@@ -59,6 +59,8 @@ class Guard(Endings, Messages):
         self.abort_section = None  # the section it aborts for, if any
         self._bell = native.allocate_lock()
         self._bell.acquire()
+        self._ended = native.allocate_lock()   # held while the thread runs
+        self.stopped = False
         self.publisher = None      # the worker's status file, if a status service reads it
         self.aborting = False
         self.retiring = False
@@ -66,7 +68,23 @@ class Guard(Endings, Messages):
         registry.ring = self.ring
 
     def start(self):
-        native.start_new_thread(self._main)
+        self._ended.acquire()
+        try:
+            native.start_new_thread(self._main)
+        except BaseException:
+            self._ended.release()
+            raise
+
+    def stop(self, wait):
+        """The worker exits: end the thread, after the look it is in, if any (``wait``
+        seconds at most).  Under gevent, the log handlers' locks are gevent's: the
+        exiting worker's last lines wait for one held by the guard (a line at the
+        graceful limit, logged as Gunicorn's stop ends) by switching to a hub that
+        has nothing left to do, and get ``LoopExit`` instead."""
+        self.stopped = True
+        self.ring()
+        if self._ended.acquire(True, wait):
+            self._ended.release()
 
     def ring(self):
         """Wake the guard now (a nearer deadline appeared)."""
@@ -86,14 +104,17 @@ class Guard(Endings, Messages):
             signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
             while True:
                 self.sleep(self.registry.next_wake - monotonic())
-                if self.aborting or not self.registry.enabled:
-                    return      # aborted (by the arbiter too: registry.aborting): nothing to guard
+                if self.aborting or self.stopped or not self.registry.enabled:
+                    return      # aborted (by the arbiter too: registry.aborting), or the
+                    #             worker exits: nothing to guard
                 self.step(monotonic())
                 publisher = self.publisher
                 if publisher is not None and publisher.due(monotonic()):
                     self.publish(publisher, monotonic())
         except BaseException:
             self.fail()
+        finally:
+            self._ended.release()
 
     def publish(self, publisher, now):
         """Write the worker's status for the arbiter's status service (publish.py).

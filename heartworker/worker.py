@@ -41,6 +41,7 @@ from .settings import (CANCEL_GRACE, ROUTE_CAPS, STARTUP_CAP, STARTUP_STALL, Set
 
 ANSWER_TIME = 1.0   # seconds an aborting worker has to answer before the arbiter's SIGKILL
 GRACEFUL_ANSWER = 0.25   # at most: sections end this much before --graceful-timeout runs out
+STOP_WAIT = 1.0     # seconds an exiting worker waits for its guard to finish a look
 
 
 def graceful_limit(graceful_timeout):
@@ -341,7 +342,13 @@ class HeartWorkerMixin:
                           duration(startup.cap), extra={
                               "metric": "heartworker.startup", "value": round(took * 1000),
                               "mtype": "timer" if hasattr(self.log, "timer") else "histogram"})
-        super().run()
+        try:
+            super().run()
+        finally:
+            if self.guard is not None:
+                # The worker exits: Gunicorn logs its last lines, which must not find
+                # the guard holding a log handler's lock (guard.stop).
+                self.guard.stop(STOP_WAIT)
 
     def notify(self):
         if self.heart is not None:

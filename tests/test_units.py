@@ -1130,3 +1130,46 @@ def test_every_module_of_the_registrys_bookkeeping_is_one_where_no_cancellation_
     from heartworker.regions import _BOOKKEEPING
     modules = {cls.__module__ for cls in Registry.__mro__ if cls is not object}
     assert modules | {Section.__module__} <= _BOOKKEEPING, modules - _BOOKKEEPING
+
+
+def test_a_stopped_guard_finishes_the_line_it_is_logging_and_logs_no_more():
+    # Under gevent the log handlers' locks are gevent's: the exiting worker's last lines,
+    # waiting for one the guard held, got LoopExit (the soak, at a graceful limit).  The
+    # worker now stops its guard before Gunicorn's last lines.
+    import logging
+
+    from heartworker.flavor import SyncFlavor
+    from heartworker.guard import Guard
+    from heartworker.report import Watch
+
+    class Slow(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.began, self.ended = threading.Event(), []
+
+        def emit(self, record):
+            self.began.set()
+            time.sleep(0.3)                     # a long line, a slow stream
+            self.ended.append(time.monotonic())
+
+    handler, log = Slow(), logging.getLogger("heartworker-test-stop")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    reg = make_registry()
+    guard = Guard(reg, SyncFlavor(), tick=0.5, ppid=os.getppid(), log=log)
+    guard.watch = Watch(reg, log, every=0.05, window=0, count=lambda *a: None)
+    guard.watch.enabled = True
+    section = reg.enter("reported", 60.0, sys._getframe())
+    guard.start()
+    try:
+        assert handler.began.wait(10), "a report line"
+        guard.stop(5.0)
+        stopped = time.monotonic()
+        assert handler.ended and handler.ended[-1] <= stopped, "the line it was logging ended"
+        logged = len(handler.ended)
+        time.sleep(0.4)                          # (a report line is due every 0.05 s)
+        assert len(handler.ended) == logged, "nothing after the stop"
+    finally:
+        reg.exit(section)
+        log.removeHandler(handler)
