@@ -157,6 +157,7 @@ class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
         merely ran when the signal came (its section within its cap: a guard's
         abort) says that the worker was aborted, and why.
         """
+        self.give_answer_time(monotonic())    # (before the log line: its lock may wait)
         if self.guard is None or not self.guard.aborting:
             # The arbiter's WORKER TIMEOUT.  Unlike the sync worker's, Gunicorn's gevent
             # worker logs no traceback for it: say where the hub was blocked.

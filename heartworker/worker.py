@@ -368,9 +368,21 @@ class HeartWorkerMixin:
     # Does faulthandler dump every thread at SIGABRT, or the serving one? (aftermath.py)
     dump_all_threads = False
 
+    def give_answer_time(self, now):
+        """Keep the arbiter's SIGKILL off for ``ANSWER_TIME``: the first thing an abort does.
+
+        The arbiter sends SIGKILL at its next look if the heartbeat is still
+        stale, and it looks again at every signal it gets (a worker's exit):
+        often milliseconds after its SIGABRT, before this abort has answered.
+        Stock waits for that look too.  Safe in a signal handler; nothing is
+        vouched for after it."""
+        if self.heart is not None and self.cfg.timeout:
+            self.heart.aborting(now - self.cfg.timeout + ANSWER_TIME)
+
     def handle_abort(self, sig, frame):
         guard = self.guard
         now = monotonic()
+        self.give_answer_time(now)
         # The raw dump faulthandler just wrote, taken first (a SIGKILL from here on must
         # not have the next worker count this startup's end once more).
         dump = self.aftermath.take_own() if self.aftermath is not None else ""
@@ -395,12 +407,6 @@ class HeartWorkerMixin:
                 self.log.error("heartworker: worker (pid %s) aborted by the arbiter: %s. Its "
                                "stacks when it got SIGABRT (most recent call first):\n%s",
                                os.getpid(), self.abort_cause, dump)
-        if self.heart is not None and self.cfg.timeout:
-            # The arbiter sends SIGKILL at its next look if the heartbeat is still
-            # stale, and it looks again at every signal it gets (a worker's exit):
-            # often milliseconds after its SIGABRT, before this abort has answered.
-            # Stock waits for that look too; give the answer ANSWER_TIME instead.
-            self.heart.aborting(now - self.cfg.timeout + ANSWER_TIME)
         super().handle_abort(sig, frame)
 
     def handle_cancel(self, sig, frame):
