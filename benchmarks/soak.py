@@ -975,6 +975,16 @@ def run_phase(flavor, worker, workers, seconds, path, rng):
             phase.own_stalls.stop()
 
 
+# Below this many requests of a kind, all of them closed says nothing.  A close comes
+# when two workers go stale in the same round of the arbiter (the deck's clients send
+# hangs at once): the first one's exit wakes the arbiter, which SIGKILLs the other
+# before its SIGABRT handler has run (each close is checked for that: ``second_look``).
+# That was a quarter to a third of them in --quick runs on a busy machine, and CI once
+# saw both of gevent's two closed.  The 10-minute run sends well over six of each kind;
+# the suite checks each worker's abort 504 on its own (tests/test_operator.py).
+OWED_A_504_FROM = 6
+
+
 def never_happened(phase):
     """Kinds of request and faults the phase was to have, and did not."""
     missing = [k for k in rules.kinds_for(phase.flavor)
@@ -984,12 +994,14 @@ def never_happened(phase):
         missing.append("SIGTERM of a worker running a section")
     # A closed connection is allowed where the arbiter's SIGKILL may come first: but
     # never every time (the 504 is what the worker owes its client).  Requests ended by
-    # their worker's death of another cause (collateral) say nothing about that.
+    # their worker's death of another cause (collateral) say nothing about that, and a
+    # few say nothing either: see OWED_A_504_FROM.
     for kind in ("hang_busy", "hang_wait", "cap_busy"):
         if kind not in rules.kinds_for(phase.flavor):
             continue
         own = [r for r in phase.results if r.kind == kind and r.verdict != "collateral"]
-        if own and any(e.outcome == "504" for e in rules.KINDS[kind][2][phase.flavor]) and \
+        if len(own) >= OWED_A_504_FROM and \
+                any(e.outcome == "504" for e in rules.KINDS[kind][2][phase.flavor]) and \
                 not any(r.outcome == "504" for r in own):
             missing.append(f"a 504 for {kind}")
     return missing
