@@ -35,6 +35,7 @@ from .regions import LOCK_WAIT
 from .settings import CANCEL_GRACE
 
 RESEND = 0.02      # seconds between cancellation signals while a cancelled section runs on
+STOP_LOOK = 0.01   # seconds between looks at an abort while the exiting worker waits
 IDLE_TICK = 1.0
 LONGEST_WAIT = 3600.0
 
@@ -80,11 +81,17 @@ class Guard(Endings, Messages):
         seconds at most).  Under gevent, the log handlers' locks are gevent's: the
         exiting worker's last lines wait for one held by the guard (a line at the
         graceful limit, logged as Gunicorn's stop ends) by switching to a hub that
-        has nothing left to do, and get ``LoopExit`` instead."""
+        has nothing left to do, and get ``LoopExit`` instead.
+
+        Never while the guard aborts the worker: it waits for this very exit (the
+        abort's answer to its client is the exiting worker's to write)."""
         self.stopped = True
         self.ring()
-        if self._ended.acquire(True, wait):
-            self._ended.release()
+        end = monotonic() + wait
+        while not self.aborting and monotonic() < end:
+            if self._ended.acquire(True, min(STOP_LOOK, end - monotonic())):
+                self._ended.release()
+                return
 
     def ring(self):
         """Wake the guard now (a nearer deadline appeared)."""

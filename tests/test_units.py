@@ -1173,3 +1173,17 @@ def test_a_stopped_guard_finishes_the_line_it_is_logging_and_logs_no_more():
     finally:
         reg.exit(section)
         log.removeHandler(handler)
+
+
+def test_a_guard_that_aborts_the_worker_is_not_waited_for_by_its_exit():
+    # The guard's abort waits for the worker to exit (under gevent the exiting worker
+    # answers the abort's client): an exit that waited for the guard answered nobody.
+    from heartworker.flavor import SyncFlavor
+    from heartworker.guard import Guard
+    reg = make_registry()
+    guard = Guard(reg, SyncFlavor(), tick=0.5, ppid=os.getppid(), log=None)
+    guard._ended.acquire()               # as if its thread ran, in its abort's wait
+    guard.aborting = True
+    started = time.monotonic()
+    guard.stop(5.0)
+    assert time.monotonic() - started < 0.5
