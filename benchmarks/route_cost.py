@@ -13,15 +13,24 @@
   ``str.startswith`` (then only the regexes are tried); one that does is tried
   against every rule (the worst case, a row of its own).
 * **match alone**: ``Routes.match`` for a path the last rule matches.
+* **a request limit** (``HEARTWORKER_REQUEST_TIMEOUT`` set): the request
+  registered as a deadline and taken off again around Gunicorn's
+  ``handle_request``, on a real registry (no guard thread: it is the
+  guard's, not the request's, work to look at it).
 
 Batches of calls are timed with ``time.perf_counter_ns``, the cases taking
 turns batch by batch; per call, median and p90 over the batches.  The goal
 (issue 23): a request that no rule matches costs at most 1 µs with 20 rules.
 """
 
+import os
+import tempfile
 from time import perf_counter_ns
 
 import common
+from heartworker import native
+from heartworker.heartbeat import Heartbeat
+from heartworker.registry import Registry
 from heartworker.routes import Routes, in_route_sections, parse_rules
 from heartworker.worker import HeartWorkerMixin
 
@@ -46,12 +55,39 @@ class Gunicorns:
 
 
 class Worker(HeartWorkerMixin, Gunicorns):
-    routes = None
+    routes = request_limit = heart = None
     requests_begun = requests_ended = 0
+
+
+class Request:
+    method, path = "GET", "/catalog/items/42/reviews"
+
+
+class Tmp:
+    """Stands in for Gunicorn's WorkerTmp: Heartbeat only uses fileno()."""
+
+    def __init__(self):
+        self.fd, self.path = tempfile.mkstemp(prefix="heartworker-bench-")
+
+    def fileno(self):
+        return self.fd
+
+
+def limited_worker():
+    """A worker with HEARTWORKER_REQUEST_TIMEOUT=30 and its registry."""
+    worker = object.__new__(Worker)
+    tmp = Tmp()
+    os.unlink(tmp.path)
+    worker.heart = Registry(Heartbeat(tmp), serving_tid=native.get_ident(), default_cap=600,
+                            window=30)
+    worker.heart.next_wake = float("inf")    # (a guard that looks later than the limit)
+    worker.request_limit = 30.0
+    return worker
 
 
 def cases():
     worker, gunicorns = object.__new__(Worker), Gunicorns()
+    limited, req = limited_worker(), Request()
     routed_20 = in_route_sections(app, Routes(parse_rules(RULES_20, "bench")), None, None)
     routed_mixed = in_route_sections(app, Routes(parse_rules(RULES_MIXED, "bench")), None, None)
     last = Routes(parse_rules(RULES_20, "bench"))
@@ -62,6 +98,8 @@ def cases():
     return {
         "handle_request: Gunicorn's directly": lambda: gunicorns.handle_request(1, 2, 3, 4),
         "handle_request: no rules (heartworker)": lambda: worker.handle_request(1, 2, 3, 4),
+        "handle_request: a request limit (heartworker)":
+            lambda: limited.handle_request(1, req, 3, 4),
         "app: bare": lambda: app(ENVIRON, None),
         "app: 20 glob rules, no match": lambda: routed_20(ENVIRON, None),
         "app: 18 globs + 2 regexes, no match": lambda: routed_mixed(ENVIRON, None),

@@ -111,12 +111,12 @@ class Section:
 
 
 class Request(Section):
-    """A request of the threaded worker, seen as a deadline: ``--timeout`` outside sections.
+    """A request seen as a deadline: its limit outside sections (requests.py).
 
-    Its deadline is ``cap`` (the arbiter's timeout) after it was last outside
-    every section: its start, or the end of its thread's last outermost
-    section; while its thread is inside a section it has none (the section's
-    deadline applies).  It is never on a stack: it clips nothing.
+    Its deadline is ``cap`` (``--timeout`` or ``HEARTWORKER_REQUEST_TIMEOUT``) after
+    it was last outside every section: its start, or the end of its owner's last
+    outermost section; while its owner is inside a section it has none (the
+    section's deadline applies).  It is never on a stack: it clips nothing.
     """
 
     __slots__ = ()

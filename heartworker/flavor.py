@@ -4,6 +4,10 @@ It is also every worker's flavour from the fork until its own is installed
 (see ``worker.py``): during ``post_fork`` nothing else serves yet.
 """
 
+import sys
+
+from .origins import in_server_code
+
 
 class SyncFlavor:
     """One serving thread, one stack of sections, one request at a time."""
@@ -29,6 +33,11 @@ class SyncFlavor:
     def stock_would_kill(guard, section, now):
         """A section past --timeout: stock's sync worker notifies between requests only."""
         return True
+
+    @staticmethod
+    def sending(request):
+        """Is the serving thread in Gunicorn's own code (writing the response)?"""
+        return in_server_code(sys._current_frames().get(request.registry.tid))
 
     def interrupt(self, guard, section, running):
         """Running or blocked in a syscall, the serving thread is interrupted where it is."""

@@ -18,6 +18,8 @@ learns whether the hub is free by posting a callback to the hub's loop
 (``run_callback_threadsafe``) and seeing whether it ran.
 """
 
+import os
+import sys
 from time import monotonic
 
 import gevent
@@ -26,9 +28,13 @@ from gunicorn.workers import ggevent
 
 from .answer import answer_timeout
 from .flavor import SyncFlavor
+from .origins import in_server_code
 from .section import SectionCapExceeded
 from .stacks import format_stack
 from .worker import HeartWorkerMixin
+
+GEVENT = (os.path.dirname(gevent.__file__) + os.sep,)   # its sockets, between Gunicorn and
+#                                                         the hub (``sending``)
 
 
 class GeventFlavor:
@@ -88,6 +94,16 @@ class GeventFlavor:
                 and guard.registry.inside_section(guard.current_frame(), section))
 
     # -- deadlines -------------------------------------------------------------
+    @staticmethod
+    def sending(request):
+        """Is the request's greenlet in Gunicorn's own code (writing the response), through
+        gevent's sockets?  Its frame: where it waits, or the serving thread's if it runs."""
+        greenlet = request.owner
+        frame = greenlet.gr_frame
+        if frame is None and not greenlet.dead:
+            frame = sys._current_frames().get(request.registry.tid)
+        return in_server_code(frame, through=GEVENT)
+
     def interrupt(self, guard, section, running):
         if running:                         # it blocks the hub: interrupt it where it runs
             guard.signal_serving_thread()
@@ -126,6 +142,7 @@ class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
 
     main_greenlet = None
     logs_abort_stack = True      # (handle_abort below)
+    request_limit_ends_first = False   # (a waiting greenlet leaves the hub free)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -31,16 +31,15 @@ deadline of all threads (the standing vouch); outside sections the arbiter's
 import ctypes
 import os
 import sys
-import sysconfig
 import threading
 import time
 from time import monotonic
 
-import gunicorn
 from gunicorn.workers import gthread
 
 from . import native
 from .deadline import INF
+from .origins import in_server_code, runs_app_code
 from .regions import LOCK_WAIT
 from .section import SectionCapExceeded
 from .worker import HeartWorkerMixin
@@ -48,43 +47,6 @@ from .worker import HeartWorkerMixin
 LOOP_EVERY = 2.0   # the main loop notifies at least every second: silent longer, it is stuck
 LAND_WAIT = 10.0   # seconds a thread running library code may keep a cancellation waiting
 TRIES = 20         # looks at a thread per guard step, a millisecond apart, for app code
-# Code where an asynchronous exception must not land: it takes locks (logging, threading,
-# queue...) or writes the response (Gunicorn) between statements that a `try` does not cover.
-SERVER = (os.path.dirname(gunicorn.__file__) + os.sep,)
-OURS = SERVER + ("<frozen ", os.path.dirname(os.path.abspath(__file__)) + os.sep)
-STDLIB = tuple(dict.fromkeys(os.path.dirname(m.__file__) + os.sep for m in (os, sysconfig)))
-
-
-def _in_stdlib(name):
-    for stdlib in STDLIB:
-        if name.startswith(stdlib):
-            return "-packages" not in name[len(stdlib):]      # not a site-/dist-packages library
-    return False
-
-
-def in_server_code(frame):
-    """Is the thread in Gunicorn's own code (writing the response), perhaps through the
-    standard library (a selector waiting for the socket)?"""
-    while frame is not None and _in_stdlib(frame.f_code.co_filename):
-        frame = frame.f_back
-    return frame is not None and frame.f_code.co_filename.startswith(SERVER)
-
-
-def runs_app_code(frame):
-    """Is ``frame`` (a thread's innermost Python frame) the app's, not Python's or Gunicorn's?
-
-    An exception raised asynchronously lands where the thread is (or at the
-    next function it enters), so it is sent only while the thread runs the
-    app's own code or a third-party library's: never inside the standard
-    library, whose locks (logging's handlers, ``threading.Condition``) would
-    be left held, nor in Gunicorn's or heartworker's code.
-    """
-    if frame is None:
-        return False
-    name = frame.f_code.co_filename
-    return not name.startswith(OURS) and not _in_stdlib(name)
-
-
 def thread_cpu(ident):
     """CPU seconds thread ``ident`` has run (it grows while the thread runs, not blocked)."""
     try:
@@ -244,6 +206,7 @@ class ThreadWorker(HeartWorkerMixin, gthread.ThreadWorker):
     """``gunicorn -k heartworker.ThreadWorker --threads N``."""
 
     dump_all_threads = True     # (request threads hold the GIL, not the main one)
+    request_limit_ends_first = False   # (its main loop notifies, whatever they do)
 
     def make_flavor(self):
         return ThreadFlavor()
@@ -253,12 +216,19 @@ class ThreadWorker(HeartWorkerMixin, gthread.ThreadWorker):
             self.flavor.beat_at = monotonic()
         super().notify()
 
+    def request_limit_of(self, settings):
+        """Its request threads' limit: ``HEARTWORKER_REQUEST_TIMEOUT``, else ``--timeout``
+        (their deadlines are set by handle_request, not by the mixin's serve)."""
+        limit, name = super().request_limit_of(settings)
+        self.thread_limit = limit or self.cfg.timeout or INF
+        return None, name
+
     def handle_request(self, req, conn):
         reg = self.heart
         if reg is None:
             return super().handle_request(req, conn)
         request = reg.request_begins(f"{req.method} {req.path}", sys._getframe(),
-                                     self.cfg.timeout or INF)
+                                     self.thread_limit)
         try:
             try:
                 return super().handle_request(req, conn)
@@ -281,7 +251,7 @@ class ThreadWorker(HeartWorkerMixin, gthread.ThreadWorker):
         if reg is None:
             return super().handle_http2_request(req, conn, h2_conn)
         request = reg.request_begins(f"{req.method} {req.path}", sys._getframe(),
-                                     self.cfg.timeout or INF)
+                                     self.thread_limit)
         try:
             try:
                 return super().handle_http2_request(req, conn, h2_conn)

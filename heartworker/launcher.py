@@ -63,6 +63,9 @@ SETTINGS = [
               "Seconds a cancelled section has to end before the worker is aborted"),
     _register("report_every", hs.REPORT_EVERY, "60; 0: none",
               "Seconds between the log lines that report a long section", may_be_zero=True),
+    _register("request_timeout", hs.REQUEST_TIMEOUT, "0: none",
+              "Seconds a request may run outside every section before it is cancelled "
+              "with a 504 (the threaded worker's default: --timeout)", may_be_zero=True),
     type(Setting)("KeepChildren", (Setting,), dict(
         name="keep_children", section="heartworker", cli=["--keep-children"],
         action="store_true", default=None, validator=validate_bool,

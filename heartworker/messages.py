@@ -21,8 +21,9 @@ class Messages:
         elapsed = max(0.0, now - section.started)
         note = ""
         if isinstance(section, Request) and reg.limit >= section.deadline:
-            return (f"heartworker: {section.label()} ran longer than --timeout "
-                    f"({section.cap:g} s) outside every section: {elapsed:.2f} s elapsed")
+            return (f"heartworker: {section.label()} ran longer than "
+                    f"{self.request_limit_name} ({section.cap:g} s) outside every section: "
+                    f"{elapsed:.2f} s elapsed")
         if reg.limit < min(due.deadline, due.stall_at):
             why = "ran past the graceful timeout after SIGTERM"
         elif reg.stalled(due):
@@ -45,6 +46,7 @@ class Messages:
                 f"{elapsed:.2f} s elapsed, cap {section.cap:g} s{note}")
 
     route_hint = None    # (method, path) -> the one-line fix (worker.route_hint)
+    request_limit_name = "--timeout"   # what limits a request outside every section
 
     def fix_for(self, section):
         """What the log adds for a request ended at --timeout outside every section: the

@@ -1,8 +1,12 @@
-"""The threaded worker's owners: request threads, each one while it serves a request.
+"""Requests as deadlines, and the threaded worker's owners: request threads.
 
-Besides the serving (main) thread, a request thread may open sections while it
-serves a request, and its request is itself a deadline (``deadline.Request``):
-``--timeout`` after it was last outside every section.
+A request is itself a deadline (``deadline.Request``): its limit after it was
+last outside every section, none while its owner is inside one.  In the
+threaded worker every request is one (``--timeout``, or
+``HEARTWORKER_REQUEST_TIMEOUT``), and besides the serving (main) thread, a
+request thread may open sections while it serves a request.  In the sync and
+gevent workers a request is one only with ``HEARTWORKER_REQUEST_TIMEOUT``; its
+owner is the serving thread's or its greenlet.
 """
 
 from time import monotonic
@@ -28,8 +32,9 @@ class Requests:
             request.deadline = monotonic() + request.cap
 
     def request_begins(self, name, frame, cap):
-        """The calling thread serves a request (``frame`` runs it) until request_done."""
-        request = Request(self, name, cap, self.get_ident(), frame, monotonic())
+        """The calling owner serves a request (``frame`` runs it) until request_done."""
+        owner = self.owner() if self.owner is not None else None
+        request = Request(self, name, cap, owner, frame, monotonic())
         with self.region() as held:
             if held:
                 self.requests[request.owner] = request
@@ -38,7 +43,7 @@ class Requests:
         return request
 
     def request_done(self, request, clear):
-        """The calling thread's request is over: no cancellation may reach it from now on.
+        """The calling owner's request is over: no cancellation may reach it from now on.
 
         Sections it left open are closed; ``clear()`` withdraws a cancellation
         sent but not raised yet (both in a region, where no other is sent).

@@ -21,6 +21,7 @@ KEEP_CHILDREN = "HEARTWORKER_KEEP_CHILDREN"
 ROUTE_CAPS = "HEARTWORKER_ROUTE_CAPS"
 STATUS_BIND = "HEARTWORKER_STATUS_BIND"
 LIVEZ_FAILED_STARTUPS = "HEARTWORKER_LIVEZ_FAILED_STARTUPS"
+REQUEST_TIMEOUT = "HEARTWORKER_REQUEST_TIMEOUT"
 
 DEFAULTS = {
     SECTION_CAP: 600.0,   # a request's long section: ten minutes
@@ -32,17 +33,19 @@ DEFAULTS = {
     ROUTE_CAPS: (),       # rules: a request that matches one runs in its section (routes.py)
     STATUS_BIND: None,    # where the arbiter serves the status service (None: nowhere)
     LIVEZ_FAILED_STARTUPS: 3,   # /livez fails after that many failed startups in a row
+    REQUEST_TIMEOUT: 0.0,  # a request outside every section is cancelled after it (0: off)
 }
 # the same settings as Gunicorn settings, under the ``heartworker`` launcher (launcher.py)
 GUNICORN_NAMES = {"section_cap": SECTION_CAP, "startup_cap": STARTUP_CAP,
                   "cancel_grace": CANCEL_GRACE, "startup_stall": STARTUP_STALL,
                   "report_every": REPORT_EVERY, "keep_children": KEEP_CHILDREN,
                   "route_caps": ROUTE_CAPS, "status_bind": STATUS_BIND,
-                  "livez_failed_startups": LIVEZ_FAILED_STARTUPS}
+                  "livez_failed_startups": LIVEZ_FAILED_STARTUPS,
+                  "request_timeout": REQUEST_TIMEOUT}
 CLI = {"route_caps": "--route-cap"}    # (repeatable: one rule each; the rest are as named)
 OPTIONAL = {STARTUP_STALL, STATUS_BIND}     # may be unset (empty); never 0
 MIN_REPORT_EVERY = 0.1         # report lines more often than that are noise (and a busy guard)
-MAY_BE_ZERO = {REPORT_EVERY}   # 0 turns it off
+MAY_BE_ZERO = {REPORT_EVERY, REQUEST_TIMEOUT}   # 0 turns it off
 FLAGS = {KEEP_CHILDREN}        # yes or no, not seconds
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -194,12 +197,13 @@ PARSED = {ROUTE_CAPS: route_rules, STATUS_BIND: parse_bind, LIVEZ_FAILED_STARTUP
 
 class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace startup_stall "
                                       "report_every keep_children route_caps status_bind "
-                                      "livez_failed_startups",
+                                      "livez_failed_startups request_timeout",
                           defaults=(DEFAULTS[SECTION_CAP], DEFAULTS[STARTUP_CAP],
                                     DEFAULTS[CANCEL_GRACE], DEFAULTS[STARTUP_STALL],
                                     DEFAULTS[REPORT_EVERY], DEFAULTS[KEEP_CHILDREN],
                                     DEFAULTS[ROUTE_CAPS], DEFAULTS[STATUS_BIND],
-                                    DEFAULTS[LIVEZ_FAILED_STARTUPS]))):
+                                    DEFAULTS[LIVEZ_FAILED_STARTUPS],
+                                    DEFAULTS[REQUEST_TIMEOUT]))):
     """The validated settings of one worker."""
 
     __slots__ = ()
@@ -235,7 +239,8 @@ class Settings(namedtuple("Settings", "section_cap startup_cap cancel_grace star
                        cancel_grace=get(CANCEL_GRACE), startup_stall=get(STARTUP_STALL),
                        report_every=get(REPORT_EVERY), keep_children=get(KEEP_CHILDREN),
                        route_caps=get(ROUTE_CAPS), status_bind=get(STATUS_BIND),
-                       livez_failed_startups=get(LIVEZ_FAILED_STARTUPS))
+                       livez_failed_startups=get(LIVEZ_FAILED_STARTUPS),
+                       request_timeout=get(REQUEST_TIMEOUT))
         if 0 < settings.report_every < MIN_REPORT_EVERY:
             raise SettingError(f"{REPORT_EVERY}={settings.report_every:g} is shorter than "
                                f"{MIN_REPORT_EVERY:g} s (use 0 to turn the report lines off)")

@@ -36,8 +36,9 @@ from .registry import Registry
 from .report import Watch, duration
 from .routes import Routes, hint, in_route_sections, leave_route, warnings
 from .section import SectionCapExceeded, activate
-from .settings import (CANCEL_GRACE, ROUTE_CAPS, STARTUP_CAP, STARTUP_STALL, SettingError,
-                       Settings, from_gunicorn, setting_name)
+from .regions import nothing
+from .settings import (CANCEL_GRACE, REQUEST_TIMEOUT, ROUTE_CAPS, STARTUP_CAP, STARTUP_STALL,
+                       SettingError, Settings, from_gunicorn, setting_name)
 
 ANSWER_TIME = 1.0   # seconds an aborting worker has to answer before the arbiter's SIGKILL
 GRACEFUL_ANSWER = 0.25   # at most: sections end this much before --graceful-timeout runs out
@@ -102,6 +103,12 @@ class HeartWorkerMixin:
             log.warning("heartworker: %s gives the route caps: %s (%r) is not read; put "
                         "every rule in one of the two", setting_name(ROUTE_CAPS, given),
                         ROUTE_CAPS, environ_rules)
+        limit = settings.request_timeout
+        if limit and cfg.timeout and limit >= cfg.timeout and cls.request_limit_ends_first:
+            log.warning("heartworker: %s=%g is not shorter than --timeout (%g s): the "
+                        "arbiter ends a request outside every section at --timeout first "
+                        "in this worker", setting_name(REQUEST_TIMEOUT, given), limit,
+                        cfg.timeout)
         if settings.status_bind is not None:
             from .status_http import start_service
             start_service(settings, given, cfg, log, sys._getframe(1))
@@ -115,6 +122,7 @@ class HeartWorkerMixin:
         self.abort_cause = None   # why the worker is being aborted, for the 504
         self.heart_settings = None
         self.routes = None        # the route caps' rules, compiled (in the worker, if any)
+        self.request_limit = None  # HEARTWORKER_REQUEST_TIMEOUT, if set (serve)
         self.requests_begun = self.requests_ended = 0   # (the status service's in flight)
         self.startup_took = None  # seconds, once the startup is over
         self.abort_outside = False   # aborted for --timeout outside every section
@@ -241,6 +249,7 @@ class HeartWorkerMixin:
                       aftermath=self.aftermath,
                       graceful=self.cfg.graceful_timeout)
         guard.route_hint = self.route_hint
+        self.request_limit, guard.request_limit_name = self.request_limit_of(settings)
         guard.watch = Watch(registry, self.log, every=settings.report_every,
                             window=self.cfg.timeout, count=guard.count)
         # The startup began at spawn: time spent before the fork counts against its cap.
@@ -253,6 +262,15 @@ class HeartWorkerMixin:
         self.heart, self.guard = registry, guard
         guard.start()
         activate(registry)
+
+    def request_limit_of(self, settings):
+        """(The seconds a request may run outside every section, or None: no limit of
+        heartworker's; how the log names that limit).  ``HEARTWORKER_REQUEST_TIMEOUT``
+        (off by default) in every worker; the threaded worker's is ``--timeout``
+        without it (no other ends its request threads, see gthread.py)."""
+        if settings.request_timeout:
+            return settings.request_timeout, setting_name(REQUEST_TIMEOUT, self.heart_given)
+        return None, "--timeout"
 
     def startup_note(self, setting, value):
         """What the CRITICAL line of a startup past its cap (or stall limit) adds."""
@@ -288,21 +306,32 @@ class HeartWorkerMixin:
     def serve(self, handle, args):
         """Gunicorn's ``handle``, counted in flight.  With route caps, this frame is the
         anchor of the request's route section, which it closes as ``handle`` returns
-        (if the body's ``close()`` has not: routes.in_route_sections)."""
+        (if the body's ``close()`` has not: routes.in_route_sections).  With a request
+        limit, the request is a deadline anchored here (requests.py)."""
         self.requests_begun += 1
-        if self.routes is None:
+        if self.routes is None and self.request_limit is None:
             try:
                 return handle(*args)
             finally:
                 self.requests_ended += 1
-        here = self.flavor.request_context()
-        here.heartworker_serving = sys._getframe()
+        here = request = None
+        if self.routes is not None:
+            here = self.flavor.request_context()
+            here.heartworker_serving = sys._getframe()
+        if self.request_limit is not None and self.heart is not None:
+            req = args[1]
+            request = self.heart.request_begins(f"{req.method} {req.path}", sys._getframe(),
+                                                self.request_limit)
         try:
             return handle(*args)
         finally:
             self.requests_ended += 1
-            here.heartworker_serving = None     # (the frame holds the request's objects)
-            leave_route(self.heart, here)
+            if here is not None:
+                here.heartworker_serving = None     # (the frame holds the request's objects)
+                leave_route(self.heart, here)
+            if request is not None:
+                # (a cancellation not delivered yet finds it closed: it is not raised)
+                self.heart.request_done(request, nothing)
 
     # -- what the status service shows (publish.py) --------------------------------
     def phase(self):
@@ -367,6 +396,9 @@ class HeartWorkerMixin:
     logs_abort_stack = False
     # Does faulthandler dump every thread at SIGABRT, or the serving one? (aftermath.py)
     dump_all_threads = False
+    # Does the arbiter end a request outside sections at --timeout, whatever a longer
+    # HEARTWORKER_REQUEST_TIMEOUT says?  (The sync worker's: its loop is the request's.)
+    request_limit_ends_first = True
 
     def give_answer_time(self, now):
         """Keep the arbiter's SIGKILL off for ``ANSWER_TIME``: the first thing an abort does.
