@@ -7,7 +7,7 @@ import sys
 from tests.gunicorn_server import ROOT
 
 SETTINGS = ["--section-cap", "--startup-cap", "--startup-stall", "--cancel-grace",
-            "--report-every", "--keep-children"]
+            "--report-every", "--keep-children", "--request-timeout"]
 
 
 def test_help_lists_the_settings():
