@@ -445,14 +445,17 @@ def how_it_ended(log, pid):
       request threads it could not end (code 1, and heartworker says so);
     * "aborted": the arbiter's ``WORKER TIMEOUT`` (its SIGABRT), then an exit
       (code 0 when the abort ended a request, as in stock, else 1), or death by
-      that SIGABRT itself (a worker already exiting runs no Python handler);
+      that SIGABRT itself (a worker already exiting runs no Python handler), or
+      by the SIGTERM of a stop (a HUP) that came while the abort's exit was
+      under way (Python puts the default handlers back as it finalizes);
     * "aborted, then SIGKILL": the arbiter's SIGKILL at a later look;
     * "SIGKILL" with no ``WORKER TIMEOUT`` (the soak's fault), "code 1" (an
       abort of heartworker's guard), or any other signal or exit code.
     """
     m = re.search(rf"Worker \(pid:{pid}\) (?:was sent (\w+)|exited with code (\d+))", log)
     signal_name = m and m.group(1)
-    if f"WORKER TIMEOUT (pid:{pid})" in log and signal_name in (None, "SIGKILL", "SIGABRT"):
+    if f"WORKER TIMEOUT (pid:{pid})" in log and signal_name in (None, "SIGKILL", "SIGABRT",
+                                                                 "SIGTERM"):
         return "aborted, then SIGKILL" if signal_name == "SIGKILL" else "aborted"
     if m is None or signal_name == "SIGTERM" or \
             f"worker (pid {pid}) exits with" in log and m.group(2) == "1":

@@ -463,3 +463,21 @@ def test_a_graceful_stop_a_starved_machine_kept_past_timeout_may_end_in_the_arbi
         phase.starvation = Stalls(stalls)
         soak.explain_deaths(phase, {})
         assert (not phase.unexpected) == explained, (stalls, phase.unexpected)
+
+
+def test_an_abort_whose_exit_a_hups_sigterm_overtook_closes_what_its_worker_ran(soak):
+    # CI (3.13): the arbiter aborted a gevent worker whose hub a hang blocked; a HUP's
+    # SIGTERM killed it as it exited; a load request its keep-alive connection had sent
+    # (never read: no journal line) was closed then, and was judged unexpected.
+    hup = soak.Fault(at=10.0, name="HUP", workers=(7,))
+    log = ("[CRITICAL] WORKER TIMEOUT (pid:7)\n"
+           "[ERROR] Worker (pid:7) was sent SIGTERM!\n")
+    assert soak.how_it_ended(log, 7) == "aborted"
+    assert soak.how_it_ended("Worker (pid:7) was sent SIGTERM!", 7) == "graceful"
+    hang = soak.Result("hang_busy", "gevent-0-3", start=7.5, end=9.95, outcome="504",
+                       body="Gateway Timeout: the request ran longer than --timeout (2 s)")
+    r = soak.Result("fast", "gevent-load2-5", start=9.5, end=10.05, outcome="closed")
+    phase = phase_with(soak, "gevent", faults=[hup], results=[hang, r], died={7: 10.0},
+                       log=log)
+    soak.judge(phase, {"gevent-0-3": 7}, {"gevent-0-3": 7.5})
+    assert hang.verdict == "expected" and r.verdict == "collateral", (hang.verdict, r.verdict)
