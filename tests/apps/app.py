@@ -510,6 +510,9 @@ def route(path, q):
                 stuck_in_section()
             except BaseException:       # swallows the cancellation, then holds the GIL
                 hold_gil(q("gil", 30.0))
+    elif path == "/gil_then_sleep":            # C code holding the GIL, then a wait
+        hold_gil(s)
+        time.sleep(q("then", 30.0))
     elif path == "/section_then_hang":
         with long_section("before hang", cap=cap):
             time.sleep(s)
