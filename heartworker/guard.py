@@ -84,14 +84,23 @@ class Guard(Endings, Messages):
         has nothing left to do, and get ``LoopExit`` instead.
 
         Never while the guard aborts the worker: it waits for this very exit (the
-        abort's answer to its client is the exiting worker's to write)."""
+        abort's answer to its client is the exiting worker's to write).  Then no
+        vouch stands: an exit that hangs (a thread Python waits for) is the
+        arbiter's to end at ``--timeout``, as in stock, not at a section's
+        deadline (the guard would have withdrawn a vouch whose code no longer runs).
+        """
         self.stopped = True
         self.ring()
         end = monotonic() + wait
-        while not self.aborting and monotonic() < end:
-            if self._ended.acquire(True, min(STOP_LOOK, end - monotonic())):
+        while not self.aborting:
+            left = end - monotonic()
+            if left <= 0:
+                break
+            if self._ended.acquire(True, min(STOP_LOOK, left)):
                 self._ended.release()
-                return
+                break
+        if not self.aborting and self.registry.enabled:
+            self.registry.disable(monotonic())
 
     def ring(self):
         """Wake the guard now (a nearer deadline appeared)."""

@@ -116,13 +116,14 @@ class Vouching:
                 self.apply_limit()
         self.ring()
 
-    def disable(self):
-        """Stop vouching for good: back to Gunicorn's own heartbeat."""
+    def disable(self, alive_at=None):
+        """Stop vouching for good: back to Gunicorn's own heartbeat, alive at ``alive_at``
+        (the last time the guard saw it so, if None)."""
         with self.region(LOCK_WAIT):      # with the lock or, after LOCK_WAIT, without
             self.enabled = False
             self.standing = None
             if self.written is not None:
-                self._write(self.alive_at)
+                self._write(self.alive_at if alive_at is None else alive_at)
                 self.written = None
 
     def aborting(self, alive_at):

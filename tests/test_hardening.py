@@ -197,3 +197,18 @@ def test_a_cancellation_never_lands_in_logging_code(every_worker):
         thread.join(12)
     assert [status for status, _ in results.values()] == [200] * 4, \
         f"logging still works: no handler's lock was left held ({results})"
+
+
+def test_an_exit_that_hangs_is_ended_at_timeout_not_at_a_left_open_sections_deadline(server):
+    # The worker stops its guard as it exits (guard.stop): a vouch still standing for
+    # a section left open in a kept generator held the arbiter off to its cap (600 s)
+    # while Python waited for a thread at exit, and nothing served meanwhile.  (The sync
+    # worker: under gevent a thread the app starts is a greenlet, which exit does not
+    # wait for.)
+    srv = server(timeout=TIMEOUT, args=["--max-requests", "3"])
+    pid = srv.get("/pid").text                       # (the readiness probe was the 1st)
+    assert srv.get("/abandon_generator_and_linger?cap=600").status_code == 200
+    assert srv.wait_for_log(rf"Worker exiting \(pid: {pid}\)"), srv.log()
+    assert srv.wait_for_log(rf"WORKER TIMEOUT \(pid:{pid}\)", timeout=TIMEOUT + 4 * MARGIN), \
+        srv.log()
+    assert srv.get("/pid").text != pid, "a new worker serves"

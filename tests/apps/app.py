@@ -564,6 +564,11 @@ def route(path, q):
         gen = opened_in_generator(cap)
         next(gen)                       # suspended inside its section, and kept
         ABANDONED.append(gen)
+    elif path == "/abandon_generator_and_linger":     # the worker's exit then hangs
+        threading.Thread(target=time.sleep, args=(3600,)).start()    # (not a daemon)
+        gen = opened_in_generator(cap)
+        next(gen)
+        ABANDONED.append(gen)
     elif path == "/dormant_inner_live_outer":
         with long_section("outer", cap=cap):
             gen = opened_in_generator(60)
