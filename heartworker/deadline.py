@@ -121,6 +121,7 @@ class Request(Section):
 
     __slots__ = ()
     kind = "request"
+    sending_noted = False   # past its limit while Gunicorn sent its response: logged once
 
     def __init__(self, registry, name, cap, owner, frame, started):
         super().__init__(registry, name, cap, started + cap, owner, frame, started)

@@ -6,7 +6,7 @@ It is also every worker's flavour from the fork until its own is installed
 
 import sys
 
-from .origins import in_server_code
+from .origins import writing_response
 
 
 class SyncFlavor:
@@ -37,7 +37,7 @@ class SyncFlavor:
     @staticmethod
     def sending(request):
         """Is the serving thread in Gunicorn's own code (writing the response)?"""
-        return in_server_code(sys._current_frames().get(request.registry.tid))
+        return writing_response(sys._current_frames().get(request.registry.tid))
 
     def interrupt(self, guard, section, running):
         """Running or blocked in a syscall, the serving thread is interrupted where it is."""

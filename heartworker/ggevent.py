@@ -28,7 +28,7 @@ from gunicorn.workers import ggevent
 
 from .answer import answer_timeout
 from .flavor import SyncFlavor
-from .origins import in_server_code
+from .origins import writing_response
 from .section import SectionCapExceeded
 from .stacks import format_stack
 from .worker import HeartWorkerMixin
@@ -102,7 +102,7 @@ class GeventFlavor:
         frame = greenlet.gr_frame
         if frame is None and not greenlet.dead:
             frame = sys._current_frames().get(request.registry.tid)
-        return in_server_code(frame, through=GEVENT)
+        return writing_response(frame, through=GEVENT)
 
     def interrupt(self, guard, section, running):
         if running:                         # it blocks the hub: interrupt it where it runs

@@ -39,7 +39,7 @@ from gunicorn.workers import gthread
 
 from . import native
 from .deadline import INF
-from .origins import in_server_code, runs_app_code
+from .origins import in_server_code, runs_app_code, writing_response
 from .regions import LOCK_WAIT
 from .section import SectionCapExceeded
 from .worker import HeartWorkerMixin
@@ -120,7 +120,7 @@ class ThreadFlavor:
 
     def sending(self, request):
         """Is the request's thread in Gunicorn's own code (sending the response)?"""
-        return in_server_code(sys._current_frames().get(request.owner))
+        return writing_response(sys._current_frames().get(request.owner))
 
     def escalates(self, section, running):
         """Past the grace, retire the worker if the exception was sent and did not end the

@@ -36,6 +36,7 @@ from .settings import CANCEL_GRACE
 
 RESEND = 0.02      # seconds between cancellation signals while a cancelled section runs on
 STOP_LOOK = 0.01   # seconds between looks at an abort while the exiting worker waits
+SENDING_LOOK = 0.25   # seconds between looks at a request past its limit while Gunicorn sends
 IDLE_TICK = 1.0
 LONGEST_WAIT = 3600.0
 
@@ -230,10 +231,14 @@ class Guard(Endings, Messages):
                 target.why = section.why = "its thread was cancelled already"
                 continue          # one exception per thread: the grace decides (retire)
             if isinstance(target, Request) and self.flavor.sending(target):
-                target.why = "past --timeout while Gunicorn sends its response"
-                self.log.warning("heartworker: %s is past --timeout (%.2f s elapsed) while "
-                                 "Gunicorn sends its response to the client; it is not ended "
-                                 "(as in stock Gunicorn)", target.label(), now - target.started)
+                if not target.sending_noted:
+                    target.sending_noted = True
+                    self.log.warning("heartworker: %s is past %s (%.2f s elapsed) while "
+                                     "Gunicorn sends its response to the client; the send is "
+                                     "not cut short (as in stock Gunicorn), the app's code "
+                                     "after it is", target.label(), self.request_limit_name,
+                                     now - target.started)
+                target.deadline = now + SENDING_LOOK     # (looked at again: not exempt)
                 continue
             running = reg.inside_section(frame, target)
             where = frame if running else self.flavor.frame_of(target)

@@ -18,6 +18,7 @@ import gunicorn
 SERVER = (os.path.dirname(gunicorn.__file__) + os.sep,)
 OURS = SERVER + ("<frozen ", os.path.dirname(os.path.abspath(__file__)) + os.sep)
 STDLIB = tuple(dict.fromkeys(os.path.dirname(m.__file__) + os.sep for m in (os, sysconfig)))
+READING = tuple(os.path.join(SERVER[0], "http", name) for name in ("body.py", "unreader.py"))
 
 
 def _in_stdlib(name):
@@ -35,6 +36,18 @@ def in_server_code(frame, through=()):
                                  or frame.f_code.co_filename.startswith(through)):
         frame = frame.f_back
     return frame is not None and frame.f_code.co_filename.startswith(SERVER)
+
+
+def writing_response(frame, through=()):
+    """Is the thread in Gunicorn's own code writing the response, perhaps through the
+    standard library or the packages ``through``?  Not Gunicorn's reading of the
+    request's body (``wsgi.input``), which the app asked for: a client that trickles
+    its body is the request's own time."""
+    while frame is not None and (_in_stdlib(frame.f_code.co_filename)
+                                 or frame.f_code.co_filename.startswith(through)):
+        frame = frame.f_back
+    return frame is not None and frame.f_code.co_filename.startswith(SERVER) and \
+        not frame.f_code.co_filename.startswith(READING)
 
 
 def runs_app_code(frame):

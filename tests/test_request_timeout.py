@@ -5,6 +5,8 @@ killed at --timeout with its client's connection.  With the setting, such a requ
 ends in a 504 naming it, in every worker, and sections still get their own caps.
 """
 
+import time
+
 import pytest
 
 from tests.timing import timed_get
@@ -93,3 +95,58 @@ def test_c_code_holding_the_gil_past_the_limit_is_ended_once_it_returns(each_wor
     assert status == 504 and LIMIT <= took < 8, (status, took, srv.log())
     assert srv.get("/pid").text == pid, "the worker lived on"
     assert "WORKER TIMEOUT" not in srv.log()
+
+
+def raw_exchange(srv, head, rest=b"", pause=0.0, read_after=0.0, timeout=30):
+    """Send ``head``, then ``rest`` after ``pause`` s (unless the answer comes first); start
+    reading after ``read_after`` s; return (the whole response, seconds from the first
+    byte sent to the first byte of the answer)."""
+    import select
+    import socket
+    import time
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as c:
+        began = time.monotonic()
+        c.sendall(head)
+        if rest and not select.select([c], [], [], pause)[0]:
+            c.sendall(rest)
+        time.sleep(read_after)
+        select.select([c], [], [], timeout)
+        answered = time.monotonic() - began
+        chunks = []
+        try:
+            while True:
+                chunk = c.recv(1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except OSError:
+            pass
+        return b"".join(chunks), answered
+
+
+def test_a_client_that_trickles_its_body_is_the_requests_own_time(each_worker):
+    # Gunicorn's body reader was taken for its sending of the response: the request
+    # was exempt for good, answered 200 after the app's 6 s outside sections.
+    srv = each_worker(timeout=30, env=ENV)
+    head = (b"POST /read_body_then_sleep?s=6 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Length: 100\r\n\r\n" + b"a" * 10)
+    out, took = raw_exchange(srv, head, b"b" * 90, pause=3)
+    assert out.startswith(b"HTTP/1.1 504"), (out[:200], srv.log())
+    assert LIMIT <= took < LIMIT + MARGIN, (took, srv.log())
+
+
+def test_past_the_limit_while_gunicorn_sends_the_send_finishes_and_the_app_after_it_ends(
+        each_worker):
+    # A slow client keeps Gunicorn writing a big first chunk past the limit (not cut
+    # short, as stock); the app's wait after it was exempt for good, and ran 8 s.
+    srv = each_worker(timeout=30, env=ENV)
+    head = b"GET /big_then_wait?mb=32&s=8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    began = time.monotonic()
+    out, _ = raw_exchange(srv, head, read_after=3)
+    assert out.startswith(b"HTTP/1.1 200") and not out.endswith(b"end\n"), out[-100:]
+    assert len(out) > 32 * 1024 * 1024, "the first chunk was sent whole"
+    assert time.monotonic() - began < 8, srv.log()
+    assert srv.wait_for_log(r"request 'GET /big_then_wait' is past HEARTWORKER_REQUEST_TIMEOUT "
+                            r"\([\d.]+ s elapsed\) while Gunicorn sends its response"), srv.log()
+    assert srv.wait_for_log(r"request 'GET /big_then_wait' ran longer than "
+                            r"HEARTWORKER_REQUEST_TIMEOUT"), srv.log()

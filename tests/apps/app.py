@@ -618,6 +618,14 @@ def stream_busy(start_response, chunks, seconds):
         yield b"chunk %d\n" % i
 
 
+def big_then_wait(start_response, megabytes, seconds):
+    """A big first chunk (a slow client keeps Gunicorn sending it), then the app waits."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"x" * int(megabytes * 1024 * 1024)
+    time.sleep(seconds)
+    yield b"end\n"
+
+
 class LoggedBody:
     """A body of ``megabytes`` whose close() logs that it began and that it finished."""
 
@@ -641,6 +649,13 @@ def app(environ, start_response):
         return LoggedBody(float(query["mb"][0]))
     if environ.get("PATH_INFO") == "/stream_busy":
         return stream_busy(start_response, int(query["n"][0]), float(query["s"][0]))
+    if environ.get("PATH_INFO") == "/big_then_wait":
+        return big_then_wait(start_response, float(query["mb"][0]), float(query["s"][0]))
+    if environ.get("PATH_INFO") == "/read_body_then_sleep":
+        data = environ["wsgi.input"].read()
+        time.sleep(float(query["s"][0]))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"got %d\n" % len(data)]
     if environ.get("PATH_INFO") == "/stream_then_hang":
         return stream_then_hang(start_response)
     if environ.get("PATH_INFO") == "/stream_section":
