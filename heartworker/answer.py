@@ -25,6 +25,16 @@ from gunicorn import util
 from gunicorn.http.wsgi import Response, default_environ
 
 
+def answer_stream(log, req, h2_conn, exc):
+    """An HTTP/2 stream ended by a cancellation: its ``504`` (a reset if its response had
+    started: Gunicorn's ``send_error`` says so); the connection's other streams go on."""
+    log.warning("heartworker: %s %s ended: %s", req.method, req.path, exc)
+    try:
+        h2_conn.send_error(req.stream.stream_id, 504, f"Gateway Timeout: {exc}")
+    except Exception:
+        log.debug("heartworker: failed to send the HTTP/2 504")
+
+
 def noting_response(app, context):
     """Wrap the WSGI app: note its Gunicorn response on ``context()`` (the request's owner)."""
 

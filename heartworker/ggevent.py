@@ -26,7 +26,7 @@ import gevent
 from greenlet import getcurrent
 from gunicorn.workers import ggevent
 
-from .answer import answer_timeout
+from .answer import answer_stream, answer_timeout
 from .flavor import SyncFlavor
 from .origins import writing_response
 from .section import SectionCapExceeded
@@ -159,6 +159,16 @@ class GeventWorker(HeartWorkerMixin, ggevent.GeventWorker):
             # greenlet's request (see handle_abort): answer it.
             answer_timeout(self, req, sock, addr, self.aborted_greenlets[getcurrent()])
         return handled
+
+    def handle_http2_request(self, listener_name, req, sock, addr, h2_conn):
+        """An HTTP/2 stream (Gunicorn 25+): a cancellation's ``504`` is the stream's.
+        (Gunicorn's async workers catch ``Exception`` per stream: a ``BaseException``
+        such as ``SectionCapExceeded`` ended the whole connection, its other streams
+        unanswered.)"""
+        try:
+            return super().handle_http2_request(listener_name, req, sock, addr, h2_conn)
+        except SectionCapExceeded as exc:
+            answer_stream(self.log, req, h2_conn, exc)
 
     def handle_abort(self, sig, frame):
         """Gunicorn's abort (``worker_abort`` hook, then exit 1), made to end the process.

@@ -38,6 +38,7 @@ from time import monotonic
 from gunicorn.workers import gthread
 
 from . import native
+from .answer import answer_stream
 from .deadline import INF
 from .origins import in_server_code, runs_app_code, writing_response
 from .regions import LOCK_WAIT
@@ -256,11 +257,7 @@ class ThreadWorker(HeartWorkerMixin, gthread.ThreadWorker):
             try:
                 return super().handle_http2_request(req, conn, h2_conn)
             except SectionCapExceeded as exc:
-                self.log.warning("heartworker: %s %s ended: %s", req.method, req.path, exc)
-                try:
-                    h2_conn.send_error(req.stream.stream_id, 504, f"Gateway Timeout: {exc}")
-                except Exception:
-                    self.log.debug("heartworker: failed to send the HTTP/2 504")
+                answer_stream(self.log, req, h2_conn, exc)
             finally:
                 self.request_over(request)
         except SectionCapExceeded:
