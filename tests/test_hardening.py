@@ -6,7 +6,9 @@ worker later, a nested section lost its deadline, and sections entered
 through ordinary helpers (or deep stacks) did not vouch.
 """
 
+import os
 import re
+import signal
 import time
 
 import pytest
@@ -205,9 +207,10 @@ def test_an_exit_that_hangs_is_ended_at_timeout_not_at_a_left_open_sections_dead
     # while Python waited for a thread at exit, and nothing served meanwhile.  (The sync
     # worker: under gevent a thread the app starts is a greenlet, which exit does not
     # wait for.)
-    srv = server(timeout=TIMEOUT, args=["--max-requests", "3"])
-    pid = srv.get("/pid").text                       # (the readiness probe was the 1st)
+    srv = server(timeout=TIMEOUT, args=["--graceful-timeout", "30"])
+    pid = srv.get("/pid").text
     assert srv.get("/abandon_generator_and_linger?cap=600").status_code == 200
+    os.kill(int(pid), signal.SIGTERM)       # a graceful stop: no vouch past 30 s from now
     assert srv.wait_for_log(rf"Worker exiting \(pid: {pid}\)"), srv.log()
     assert srv.wait_for_log(rf"WORKER TIMEOUT \(pid:{pid}\)", timeout=TIMEOUT + 4 * MARGIN), \
         srv.log()
