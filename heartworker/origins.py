@@ -28,13 +28,18 @@ def _in_stdlib(name):
     return False
 
 
-def in_server_code(frame, through=()):
-    """Is the thread in Gunicorn's own code (writing the response), perhaps through the
-    standard library (a selector waiting for the socket) or the packages ``through``
-    (gevent's sockets)?"""
+def _past_libraries(frame, through=()):
+    """The innermost frame of ``frame``'s stack that is neither the standard library's (a
+    selector waiting for the socket) nor of the packages ``through`` (gevent's sockets)."""
     while frame is not None and (_in_stdlib(frame.f_code.co_filename)
                                  or frame.f_code.co_filename.startswith(through)):
         frame = frame.f_back
+    return frame
+
+
+def in_server_code(frame):
+    """Is the thread in Gunicorn's own code, perhaps through the standard library?"""
+    frame = _past_libraries(frame)
     return frame is not None and frame.f_code.co_filename.startswith(SERVER)
 
 
@@ -43,9 +48,7 @@ def writing_response(frame, through=()):
     standard library or the packages ``through``?  Not Gunicorn's reading of the
     request's body (``wsgi.input``), which the app asked for: a client that trickles
     its body is the request's own time."""
-    while frame is not None and (_in_stdlib(frame.f_code.co_filename)
-                                 or frame.f_code.co_filename.startswith(through)):
-        frame = frame.f_back
+    frame = _past_libraries(frame, through)
     return frame is not None and frame.f_code.co_filename.startswith(SERVER) and \
         not frame.f_code.co_filename.startswith(READING)
 
