@@ -1,4 +1,4 @@
-"""HTTP/2 (Gunicorn 25+, h2c with prior knowledge): a cancelled stream gets its own 504.
+"""HTTP/2 (h2c with prior knowledge, where Gunicorn has it): a cancelled stream gets its 504.
 
 Gunicorn's async workers handle each stream's ``Exception``: a cancellation
 (``SectionCapExceeded``, a ``BaseException``) ended the whole connection under
@@ -10,13 +10,15 @@ import time
 
 import gunicorn
 import pytest
+from gunicorn.config import KNOWN_SETTINGS
 
 h2 = pytest.importorskip("h2.connection")
 from h2.config import H2Configuration  # noqa: E402
 from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset  # noqa: E402
 
-if tuple(int(p) for p in gunicorn.__version__.split(".")[:2]) < (25, 0):
-    pytest.skip("Gunicorn serves HTTP/2 from 25.0", allow_module_level=True)
+if not any(setting.name == "http2_cleartext" for setting in KNOWN_SETTINGS):
+    pytest.skip(f"Gunicorn {gunicorn.__version__} has no cleartext HTTP/2 "
+                f"(--http2-cleartext)", allow_module_level=True)
 
 ARGS = ["--http-protocols", "h2,h1", "--http2-cleartext", "both"]
 
