@@ -669,6 +669,7 @@ def same_server(phase, rid, pids_and_more):
 
 
 SECOND_LOOK_WITHIN = 0.5    # from what woke the arbiter to the SIGKILL it sent, as seen
+ARBITER_ROUND = 1.0         # the arbiter looks for stale workers at least this often
 
 
 def second_look(phase, pid, began):
@@ -679,9 +680,12 @@ def second_look(phase, pid, began):
     waits up to the graceful timeout for the old workers without looking
     (Gunicorn 27): the exits it saw meanwhile wake the arbiter again as the
     reload ends, right after its first look, which sends the SIGABRT to a
-    worker that went stale during the reload: its request (``began``) started
-    less than --timeout before the HUP (a worker's heartbeat comes just before
-    it takes a request), so no earlier look can have aborted it.
+    worker that went stale during the reload, or less than one of the
+    arbiter's rounds (``ARBITER_ROUND``) before it: its request (``began``)
+    started less than --timeout and a round before the HUP (a worker's
+    heartbeat comes just before it takes a request), so the last look before
+    the HUP may have found it fresh.  (Found by a quick soak: a request that
+    began 2.3 s before a HUP, its worker stale 0.3 s before it.)
     """
     died = phase.died.get(pid)
     if phase.how.get(pid) != "aborted, then SIGKILL" or died is None:
@@ -691,7 +695,7 @@ def second_look(phase, pid, began):
              if other != pid and (other in phase.sentinel) == sentinel]
     woke = exits + [f.at for f in phase.faults if f.name in ("TTIN", "TTOU") and not sentinel]
     woke += [f.at + rules.GRACEFUL for f in phase.faults if f.name == "HUP" and not sentinel
-             and began > f.at - rules.TIMEOUT
+             and began > f.at - rules.TIMEOUT - ARBITER_ROUND
              and any(f.at <= at <= f.at + rules.GRACEFUL + WATCH_EVERY for at in exits)]
     return any(died - SECOND_LOOK_WITHIN - WATCH_EVERY <= at <= died + WATCH_EVERY
                for at in woke)

@@ -227,7 +227,8 @@ def test_exits_during_a_hups_reload_make_a_second_look_as_it_ends(soak):
             (None, 1.0, 0.0, False),
             (1.5, 1.0, 0.0, False),           # 8 left before the HUP
             (0.2, None, 0.0, False),          # nothing left during the reload
-            (0.2, 1.0, -2.5, False)]:         # 7 was stale, so aborted, before the HUP
+            (0.2, 1.0, -2.5, True),           # 7 stale just before the HUP: maybe not seen
+            (0.2, 1.0, -3.5, False)]:         # 7 was stale, so aborted, before the HUP
         faults = [] if hup_at is None else [soak.Fault(hup_at, "HUP", workers=(7, 8))]
         died = {7: 2.3} if other_left is None else {7: 2.3, 8: other_left}
         phase = phase_with(soak, "sync", faults=faults, results=[hang(soak, 2.3, "closed")],
