@@ -733,13 +733,17 @@ def blocked_for(phase, r, ran_on, holds):
     (``gil``), by the machine (``holds``: rid -> seconds its C call took; see
     ``soak_rules.stretched``).  A neighbour's GIL hold also stretches this one's, so
     the two are not added: the longer counts.  And by a machine that ran nothing
-    meanwhile (``Starvation``)."""
+    meanwhile (``Starvation``).  A request that never reached the app (no journal
+    line) has no known worker: the one whose neighbours stopped it longest counts (a
+    GIL held by one of them kept its thread from reaching the app, and its worker's
+    guard from ending it at --timeout: seen in a quick soak beside the suite)."""
     starved = phase.starvation.during(r.began, r.end) if phase.starvation else 0.0
+    blockers = rules.BLOCKERS[phase.flavor]
     pid = ran_on.get(r.rid)
     if pid is None:
-        return starved
-    neighbours = ran_during(phase, ran_on, pid, rules.BLOCKERS[phase.flavor], r.began, r.end,
-                            besides=r)
+        return max((ran_during(phase, ran_on, worker, blockers, r.began, r.end)
+                    for worker in set(ran_on.values())), default=0.0) + starved
+    neighbours = ran_during(phase, ran_on, pid, blockers, r.began, r.end, besides=r)
     if r.kind == "gil" and r.rid in holds:
         return max(neighbours, rules.stretched(holds[r.rid])) + starved
     return neighbours + starved

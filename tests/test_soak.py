@@ -414,6 +414,22 @@ def test_a_threaded_workers_fast_request_may_be_cancelled_at_timeout_by_its_own_
     assert rules.verdict("fast", "gthread", "504", 2.1, 2.1, body, blocked=1.5) is not None
 
 
+def test_a_fast_request_that_never_reached_the_app_may_be_kept_by_any_workers_gil_hold(soak):
+    # Beside the suite: a threaded worker's fast request, its thread kept from the app by
+    # a neighbour's GIL hold (so no journal line: its worker is unknown), was cancelled
+    # 6.46 s after it began by its worker's clock; the guard was kept from it as long.
+    body = ("Gateway Timeout: request 'GET /fast' ran longer than --timeout (2 s) outside "
+            "every section: 6.46 s elapsed")
+    for gil_began, allowed in [(10.0, True), (20.0, False)]:
+        gil = soak.Result("gil", "g1", 0.0, 16.4)
+        gil.outcome, gil.began = "200", gil_began
+        fast = soak.Result("fast", "f1", 10.2, 16.68)
+        fast.outcome, fast.body = "504", body
+        phase = phase_with(soak, "gthread", results=[gil, fast])
+        soak.judge(phase, {"g1": 7}, {"g1": gil_began})
+        assert (fast.verdict == "expected") == allowed, (gil_began, fast.verdict)
+
+
 def test_a_gil_hold_within_its_cap_that_a_starved_machine_stretched_may_be_killed_past_it(soak):
     rules = soak.rules
     late = rules.NEIGHBOUR_CAP + rules.TIMEOUT + 1
