@@ -29,6 +29,7 @@ from gunicorn.workers import ggevent
 from .answer import answer_stream, answer_timeout
 from .flavor import SyncFlavor
 from .origins import writing_response
+from .probe import LoopProbe
 from .section import SectionCapExceeded
 from .stacks import format_stack
 from .worker import HeartWorkerMixin
@@ -37,61 +38,22 @@ GEVENT = (os.path.dirname(gevent.__file__) + os.sep,)   # its sockets, between G
 #                                                         the hub (``sending``)
 
 
-class GeventFlavor:
-    """Owners are greenlets; the hub is probed; a waiting section is cancelled alone."""
+class GeventFlavor(LoopProbe):
+    """Owners are greenlets; the hub is probed (probe.py); a waiting section is cancelled
+    alone."""
 
     owner = staticmethod(getcurrent)
     retires = False   # the backstop aborts the worker
 
-    def escalates(self, section, running):
-        """A cancelled section still running after the grace gets the worker aborted.
-
-        Except a waiting greenlet whose cancellation has not reached it because
-        another greenlet blocks the hub (its exception is thrown from the hub):
-        its grace has not really begun.  That wait is bounded: the blocking
-        greenlet is inside its own section (ended at its deadline) or is killed
-        at ``--timeout``.  Once the hub is free, the throw runs at once.  "Free"
-        means the hub answered a probe posted *after* the section's first throw:
-        it runs its callbacks in order, so that throw has run by then (and, if it
-        was not delivered, found the greenlet mid-update; the throws sent again
-        every ``RESEND`` do not put it off).  A probe posted before the throw may
-        be answered a moment before the throw runs: the guard, looking in
-        between, aborted the worker (found when the suite first ran in parallel).
-        """
-        return running or section.delivered or self.answered > section.thrown
-
     def __init__(self, hub):
+        super().__init__()
         self.loop = hub.loop
-        # The callbacks posted to the hub run in order, and are numbered: the latest
-        # probe's number, the latest one the hub answered, and each cancelled section's
-        # first throw (``section.thrown``).  Only the guard thread posts.
-        self.posted = self.probe_posted = self.answered = 0
-        self.probe_sent = -float("inf")     # when the latest probe was posted
-        self.probe_seen = -float("inf")     # when the hub last answered one
 
-    # -- is the hub free? (called from the guard thread) ------------------------
+    def post(self, callback, *args):
+        self.loop.run_callback_threadsafe(callback, *args)
+
     # (``frame``, the main thread's, is the running greenlet's: as the sync worker's)
     running_inside = staticmethod(SyncFlavor.running_inside)
-
-    def loop_seen(self, now):
-        if self.answered < self.probe_posted:
-            return None                     # the last probe is still waiting: hub blocked
-        seen = self.probe_seen
-        self.posted += 1
-        self.probe_posted, self.probe_sent = self.posted, now
-        self.loop.run_callback_threadsafe(self._answer, self.posted)
-        return seen
-
-    def _answer(self, number):              # runs in the hub
-        self.probe_seen = monotonic()
-        self.answered = number
-
-    def stock_would_kill(self, guard, section, now):
-        """Stock gevent is killed only when the hub is blocked for --timeout: by this
-        section's greenlet, running right now, with the probe unanswered that long."""
-        return (self.answered < self.probe_posted
-                and now - self.probe_sent >= guard.registry.window
-                and guard.registry.inside_section(guard.current_frame(), section))
 
     # -- deadlines -------------------------------------------------------------
     @staticmethod
@@ -108,10 +70,7 @@ class GeventFlavor:
         if running:                         # it blocks the hub: interrupt it where it runs
             guard.signal_serving_thread()
         else:
-            self.posted += 1
-            if not section.thrown:
-                section.thrown = self.posted
-            self.loop.run_callback_threadsafe(self._cancel, guard, section.owner)
+            self.post_cancel(section, self._cancel, guard, section.owner)
 
     @staticmethod
     def _cancel(guard, owner):              # runs in the hub

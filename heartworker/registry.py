@@ -38,6 +38,10 @@ from .store import Store
 from .vouching import Vouching
 
 
+def nothing_left(section, exc):
+    """(A cancelled section is left with ``exc``: it goes on as it is.)"""
+
+
 class Registry(Store, Queries, Requests, Vouching, Regions):
     """Open sections of the serving thread(s), the standing vouch, and the heartbeat writes."""
 
@@ -78,6 +82,9 @@ class Registry(Store, Queries, Requests, Vouching, Regions):
         # raises it where the bookkeeping returns to the section's code.
         self.cancel_waits = False
         self.land = nothing_at
+        # A cancelled section left with an exception: the flavour may turn it into the
+        # cancellation (an asyncio task's CancelledError, tasks.py); else it goes on.
+        self.leave_cancelled = nothing_left
         self.handler_codes = frozenset()  # the worker's signal handlers (in_delicate_code)
         # The guard's: when it looks next, and how to wake it sooner.
         self.next_wake = INF

@@ -20,7 +20,11 @@ _OUTSIDE = object()   # the "open section" of a long_section entered where nothi
 # Frames between the code that runs a with-body and long_section.__enter__: see anchor().
 _ENTER_CONTEXT = contextlib.ExitStack.enter_context.__code__
 _CONTEXTMANAGER_ENTER = contextlib._GeneratorContextManager.__enter__.__code__
-_GENERATOR = inspect.CO_GENERATOR
+_ENTER_ASYNC_CONTEXT = contextlib.AsyncExitStack.enter_async_context.__code__
+_ASYNC_CONTEXTMANAGER_ENTER = contextlib._AsyncGeneratorContextManager.__aenter__.__code__
+_HELPERS = (_CONTEXTMANAGER_ENTER, _ASYNC_CONTEXTMANAGER_ENTER)
+_ENTERS = ("__enter__", "__aenter__")
+_GENERATOR = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 
 
 def activate(registry):
@@ -46,12 +50,16 @@ def anchor(frame):
     that is the frame that called ``long_section.__enter__``; when a helper
     enters the section for it, the helper's frames are skipped:
 
-    * a frame named ``__enter__`` (a class-based context manager that enters
-      a ``long_section`` in its own ``__enter__``), and ``ExitStack.enter_context``;
-    * a generator frame run by contextlib's ``_GeneratorContextManager.__enter__``:
-      the body of a ``@contextmanager`` helper, suspended at its ``yield``
-      while the user's ``with`` body runs.  Any other generator is its own
-      anchor (it covers nothing between its resumptions).
+    * a frame named ``__enter__`` or ``__aenter__`` (a class-based context
+      manager that enters a ``long_section`` in its own, ``async with
+      long_section()`` itself), ``ExitStack.enter_context`` and
+      ``AsyncExitStack.enter_async_context``;
+    * a generator frame run by contextlib's ``_GeneratorContextManager.__enter__``
+      (or an async generator run by ``_AsyncGeneratorContextManager.__aenter__``):
+      the body of a ``@contextmanager`` (``@asynccontextmanager``) helper,
+      suspended at its ``yield`` while the user's ``with`` body runs.  Any
+      other generator is its own anchor (it covers nothing between its
+      resumptions).
 
     Skipping is safe: the caller of a helper is on the stack for as long as
     the helper is, so a section never covers less than its own code, and
@@ -62,11 +70,11 @@ def anchor(frame):
     """
     while True:
         code = frame.f_code
-        if code.co_name == "__enter__" or code is _ENTER_CONTEXT:
+        if code.co_name in _ENTERS or code is _ENTER_CONTEXT or code is _ENTER_ASYNC_CONTEXT:
             back = frame.f_back
         elif code.co_flags & _GENERATOR:
             back = frame.f_back
-            if back is not None and back.f_code is not _CONTEXTMANAGER_ENTER:
+            if back is not None and back.f_code not in _HELPERS:
                 return frame
         else:
             return frame              # the usual case: f_back is never touched
@@ -148,7 +156,7 @@ class LongSection(Section):
             caller = _getframe(1)
             code = caller.f_code       # (anchor()'s first test, inline: usually the caller)
             where = anchor(caller) if code.co_flags & _GENERATOR or code.co_name == "__enter__" \
-                or code is _ENTER_CONTEXT else caller
+                or code is _ENTER_CONTEXT or code is _AENTER else caller
             if self.registry is None:  # (claimed in one step, with no call in between:
                 self.registry = registry   # two threads never both take it)
                 record = self
@@ -172,7 +180,16 @@ class LongSection(Section):
             registry.exit(section)
             if registry.cancel_waits:     # it came during the update: raise it here
                 registry.land(sys._getframe(1))
+            if exc_type is not None and section.why is not None:
+                registry.leave_cancelled(section, exc)   # (an asyncio task's: tasks.py)
         return False
+
+    async def __aenter__(self):
+        """``async with long_section(...)``: the task that enters it owns the section."""
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type, exc, tb):
+        return self.__exit__(exc_type, exc, tb)
 
     def progress(self, note=None):
         """Report progress in this section (and the ones enclosing it): see :func:`progress`."""
@@ -181,9 +198,21 @@ class LongSection(Section):
             section.registry.progress(note, section)
 
     def __call__(self, func):
-        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
-            raise TypeError("long_section decorates plain (sync) functions only")
+        """A function (or an ``async def``) that runs each call in a fresh section.  Its
+        signature is the function's (``functools.wraps``: FastAPI reads it)."""
+        if inspect.isasyncgenfunction(func):
+            raise TypeError("long_section does not decorate async generators (a section "
+                            "open between their resumptions covers nothing): enter it "
+                            "inside the generator instead")
         name, cap, stall, cancel = self.name or func.__qualname__, self.cap, self.stall, self.cancel
+
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def in_async_section(*args, **kwargs):
+                async with long_section(name, cap=cap, stall=stall, cancel=cancel):
+                    return await func(*args, **kwargs)
+
+            return in_async_section
 
         @functools.wraps(func)
         def in_section(*args, **kwargs):
@@ -209,3 +238,6 @@ def progress(note=None):
     registry = _active
     if registry is not None:
         registry.progress(note)
+
+
+_AENTER = LongSection.__aenter__.__code__   # (its caller of __enter__: see anchor())

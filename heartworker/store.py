@@ -153,6 +153,8 @@ class Store:
         The standing vouch moves too when a stall limit is what bounds it;
         the heartbeat file is written at most once, and not at all while
         what it says already covers the new window.
+        The serving thread's sections (the startup's) count an owner's progress
+        too: they enclose all the work (the uvicorn worker's lifespan task).
         """
         ident = self.get_ident()
         if not self.enabled or ident != self.tid and ident not in self.requests:
@@ -160,22 +162,26 @@ class Store:
         owner = section.owner if section is not None else (
             self.owner() if self.owner is not None else None)
         with self.region() as held:   # (not held: a finalizer or handler, mid-update here)
-            stack = self.stacks.get(owner) if held else None
-            if stack:
-                self.progressed[owner] = (monotonic(), note)
-                if self.stalls:
-                    self._stand(self._standing_after(owner, stack))
+            if held:
+                self._progress(owner, note)
+                if owner is not None and None in self.stacks:
+                    self._progress(None, note)
         if self.cancel_waits:     # (frames: this, long_section's or the module's progress)
             self.land(sys._getframe(2))
 
-    def adopt(self, owner):
+    def adopt(self, owner, keep=False):
         """Sections are owned by ``owner()`` from now on (None: the serving thread).
 
         The worker class's flavour is installed after the startup section
-        opened: the serving thread's open sections become the current owner's.
+        opened: the serving thread's open sections become the current owner's
+        (``keep``: they stay the serving thread's, as the uvicorn worker's
+        startup section stays its loop thread's).
         """
         with self.region() as held:
             if not held:
+                return
+            self.owner = owner
+            if keep:
                 return
             stack = self.stacks.pop(None, None)
             current = owner() if owner is not None else None
@@ -185,9 +191,15 @@ class Store:
                 self.stacks[current] = stack
             if None in self.progressed:
                 self.progressed[current] = self.progressed.pop(None)
-            self.owner = owner
 
     # -- internals (in a region) -------------------------------------------------
+    def _progress(self, owner, note):
+        stack = self.stacks.get(owner)
+        if stack:
+            self.progressed[owner] = (monotonic(), note)
+            if self.stalls:
+                self._stand(self._standing_after(owner, stack))
+
     def _file(self, section):
         """Put ``section`` on its owner's stack and make its standing vouch."""
         if self.pending_limit < self.limit:

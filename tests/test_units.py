@@ -1,6 +1,7 @@
 """Unit tests of the pieces; the behaviour itself is tested against real Gunicorn elsewhere."""
 
 import contextlib
+import inspect
 import math
 import os
 import sys
@@ -462,12 +463,18 @@ def test_bad_caps_fail_where_they_are_written(cap, error):
         long_section("x", cap=cap)
 
 
-def test_decorator_rejects_coroutines_and_names_must_be_strings():
-    async def coro():
-        pass
+def test_decorator_rejects_async_generators_and_names_must_be_strings():
+    async def agen():
+        yield
+
+    async def coro(x: int) -> int:
+        return x
 
     with pytest.raises(TypeError):
-        long_section()(coro)
+        long_section()(agen)
+    decorated = long_section()(coro)
+    assert inspect.iscoroutinefunction(decorated)
+    assert inspect.signature(decorated) == inspect.signature(coro)
     with pytest.raises(TypeError):
         long_section(42)
 
