@@ -1,4 +1,5 @@
-"""The throughput benchmark's WSGI app: hello world, with and without a section.
+"""The throughput benchmark's apps: hello world, with and without a section (``app``,
+WSGI; ``asgi_app``, the same for the uvicorn workers).
 
 ``tests/apps/app.py``'s ``/section?s=0`` calls ``time.sleep(0)``, which costs
 ~90 us on a VM and would dilute the section's cost; here the two routes do
@@ -18,3 +19,16 @@ def app(environ, start_response):
     else:
         start_response("200 OK", HEADERS)
     return [BODY]
+
+
+async def asgi_app(scope, receive, send):
+    if scope["type"] != "http":
+        return                      # (the lifespan: uvicorn finds it unsupported)
+    start = {"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"text/plain"), (b"content-length", str(len(BODY)).encode())]}
+    if scope["path"] == "/section":
+        async with long_section("request", cap=60):
+            await send(start)
+    else:
+        await send(start)
+    await send({"type": "http.response.body", "body": BODY})

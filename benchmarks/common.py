@@ -165,6 +165,12 @@ def workdir():
     return tempfile.TemporaryDirectory(prefix="heartworker-bench-", ignore_cleanup_errors=True)
 
 
+def installed(module):
+    """Can ``module`` be imported here (an optional extra such as uvicorn-worker)?"""
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
 @contextlib.contextmanager
 def servers(specs):
     """Start a Server per spec (a dict of Server arguments); stop them all, always."""

@@ -4,7 +4,8 @@
 
 A hello-world request (``/``) and the same request inside a section on every
 request (``/section``; under a stock worker the section is the no-op it is
-outside heartworker); the app is ``benchmarks/app.py``.  All six servers
+outside heartworker); the app is ``benchmarks/app.py`` (its ASGI twin for
+uvicorn-worker's ``UvicornWorker`` and heartworker's, when installed).  All the servers
 run at once; each round runs wrk against every configuration, stock and
 heartworker in the order A B, then B A in the next round, so machine drift
 cancels.  The ratio
@@ -19,7 +20,10 @@ import common
 
 PATHS = [("no section", "/", 0.99),
          ("section on every request", "/section", 0.98)]
-CONNECTIONS = {"sync": 2, "gevent": 20, "gthread": 8}   # one sync worker serves one at a time
+CONNECTIONS = {"sync": 2, "gevent": 20, "gthread": 8,    # one sync worker serves one at a time
+               "uvicorn": 20}
+# The ASGI pair (uvicorn-worker's, and heartworker's subclass of it), if installed.
+ASGI_PAIRS = [("uvicorn", "uvicorn_worker.UvicornWorker", "heartworker.UvicornWorker")]
 WRK_INSTALL = "apt-get update && apt-get install -y wrk"
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}   # to milliseconds
 
@@ -50,12 +54,15 @@ def run(args):
     print(f"# wrk -t1, {seconds} s per run, {rounds} rounds (A B / B A), connections: "
           f"sync {CONNECTIONS['sync']}, gevent {CONNECTIONS['gevent']}, gthread "
           f"{CONNECTIONS['gthread']} (--threads {common.THREADS}); one worker each")
+    pairs = common.PAIRS + (ASGI_PAIRS if common.installed("uvicorn_worker") else [])
     specs = [common.spec(worker, timeout=30, app="benchmarks.app:app")
              for worker in common.WORKERS]
+    specs += [common.spec(worker, timeout=30, app="benchmarks.app:asgi_app")
+              for pair in pairs[len(common.PAIRS):] for worker in pair[1:]]
     with common.servers(specs) as started:
         by_worker = {srv.worker: srv for srv in started}
         configs = [(label, name, path, target, stock, heart)
-                   for label, stock, heart in common.PAIRS
+                   for label, stock, heart in pairs
                    for name, path, target in PATHS]
         results = {config: {config[4]: [], config[5]: []} for config in configs}
         for n in range(rounds):

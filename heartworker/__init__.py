@@ -3,6 +3,7 @@
     gunicorn -k heartworker.SyncWorker --timeout 30 app:app
     gunicorn -k heartworker.GeventWorker --timeout 30 app:app
     gunicorn -k heartworker.ThreadWorker --threads 8 --timeout 30 app:app
+    gunicorn -k heartworker.UvicornWorker --timeout 30 app:asgi_app
 
     from heartworker import long_section
     with long_section("load model", cap=3600):
@@ -20,7 +21,7 @@ replaced.check()     # -k heartworker.SyncWorker with --threads > 1: never silen
 
 __version__ = "0.4.0"
 __all__ = ["long_section", "LongSection", "progress", "SectionCapExceeded", "SettingError",
-           "SyncWorker", "ThreadWorker", "GeventWorker"]
+           "SyncWorker", "ThreadWorker", "GeventWorker", "UvicornWorker"]
 
 
 def __getattr__(name):
@@ -38,4 +39,12 @@ def __getattr__(name):
                               "pip install 'heartworker[gevent]'") from exc
         from .ggevent import GeventWorker
         return GeventWorker
+    if name == "UvicornWorker":
+        try:
+            import uvicorn_worker  # noqa: F401  (only to tell what is missing)
+        except ImportError as exc:
+            raise ImportError("heartworker.UvicornWorker needs uvicorn-worker: "
+                              "pip install 'heartworker[asgi]'") from exc
+        from .uvicorn import UvicornWorker
+        return UvicornWorker
     raise AttributeError(f"module 'heartworker' has no attribute {name!r}")

@@ -220,11 +220,15 @@ class HeartWorkerMixin:
             self.heart.handler_codes = handler_codes(except_for=CANCEL_SIGNAL)
         super().load_wsgi()
         if self.flavor is not None:
-            self.wsgi = noting_response(self.wsgi, self.flavor.request_context)
-            if self.heart_settings.route_caps:   # outermost: Gunicorn's handle_request calls it
-                self.routes = Routes(self.heart_settings.route_caps)
-                self.wsgi = in_route_sections(self.wsgi, self.routes, self.heart,
-                                              self.flavor.request_context)
+            self.wsgi = self.wrap_app(self.wsgi)
+
+    def wrap_app(self, app):
+        """The app as this worker serves it: its response noted, route caps applied."""
+        app = noting_response(app, self.flavor.request_context)
+        if self.heart_settings.route_caps:   # outermost: Gunicorn's handle_request calls it
+            self.routes = Routes(self.heart_settings.route_caps)
+            app = in_route_sections(app, self.routes, self.heart, self.flavor.request_context)
+        return app
 
     def start_heart(self, frame):
         """Create the registry and the guard, and open the startup section."""
@@ -358,19 +362,29 @@ class HeartWorkerMixin:
             "route_caps" in self.cfg.settings and not self.heart_settings.route_caps)
         return hint(method, path, launcher)
 
-    def run(self):
+    # Does the startup end as Gunicorn's run() begins?  (The uvicorn worker's ends once
+    # the ASGI lifespan startup has, in run().)
+    startup_ends_at_run = True
+
+    def end_startup(self):
+        """The app is ready to serve: close the startup section, log how long it took."""
         startup = self.startup
-        if startup is not None:
-            self.heart.exit(startup)
-            self.startup = None
-            if self.aftermath is not None:
-                self.aftermath.startup_done()
-            took = self.startup_took = monotonic() - startup.started
-            self.status_changed()
-            self.log.info("heartworker: startup took %s (cap %s)", duration(took),
-                          duration(startup.cap), extra={
-                              "metric": "heartworker.startup", "value": round(took * 1000),
-                              "mtype": "timer" if hasattr(self.log, "timer") else "histogram"})
+        if startup is None:
+            return
+        self.heart.exit(startup)
+        self.startup = None
+        if self.aftermath is not None:
+            self.aftermath.startup_done()
+        took = self.startup_took = monotonic() - startup.started
+        self.status_changed()
+        self.log.info("heartworker: startup took %s (cap %s)", duration(took),
+                      duration(startup.cap), extra={
+                          "metric": "heartworker.startup", "value": round(took * 1000),
+                          "mtype": "timer" if hasattr(self.log, "timer") else "histogram"})
+
+    def run(self):
+        if self.startup_ends_at_run:
+            self.end_startup()
         try:
             super().run()
         finally:
@@ -387,9 +401,13 @@ class HeartWorkerMixin:
 
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
+        self.stopping()
+
+    def stopping(self):
+        """The graceful stop began (SIGTERM): no section is vouched for past
+        ``--graceful-timeout`` from now.  Safe in a signal handler."""
         self.status_changed()
         if self.heart is not None:
-            # Graceful stop: no section is vouched for past graceful_timeout from now.
             self.heart.set_limit(monotonic() + graceful_limit(self.cfg.graceful_timeout))
 
     # Does the worker's own handle_abort log the stack the abort's signal found? (gevent's)

@@ -53,6 +53,17 @@ def test_the_django_project_with_the_threaded_worker(server):
 
 
 @pytest.mark.slow
+def test_the_fastapi_example_with_the_uvicorn_worker(server):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn_worker")
+    srv = server(program="heartworker", worker="heartworker.UvicornWorker",
+                 app="fastapi_app:app", env=SLOW_LOAD, ready_path="/quick",
+                 args=["--chdir", "examples", "--startup-stall", "5"])
+    check_example(srv, lambda status: status == 504)
+    assert "request ran longer than --timeout" in srv.log()
+
+
+@pytest.mark.slow
 def test_the_demo_shows_what_the_readme_says():
     # The README's first command (examples/demo.sh runs examples/demo.py in .venv).
     done = subprocess.run([sys.executable, os.path.join("examples", "demo.py")], cwd=ROOT,

@@ -35,3 +35,11 @@ _SECONDS_PER_ITEM = _cpu_seconds_per_item()
 def hold_gil(seconds):
     """Hold the GIL in C code for about ``seconds`` of CPU time (longer in wall time when loaded)."""
     return sum(range(int(seconds / _SECONDS_PER_ITEM)))
+
+
+def hold_gil_at_least(seconds):
+    """Hold the GIL for at least ``seconds`` of wall time: one hold, topped up by another
+    if the machine ran it faster than measured (a bytecode boundary then comes between)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        hold_gil(end - time.monotonic())

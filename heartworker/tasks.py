@@ -1,0 +1,143 @@
+"""The asyncio flavour: each task owns its sections (the uvicorn worker, ``uvicorn.py``).
+
+One thread runs the event loop; a task's code runs on it between two awaits.
+So, as under gevent, where the loop thread is right now is where the running
+task is, and a section counts while its anchor frame is on that stack; a task
+waiting at an ``await`` inside a section is suspended in its coroutines, and its
+code resumes only when the loop runs it again.  The guard learns whether the
+loop is free with a numbered callback (``probe.py``).
+
+At a section's deadline:
+
+* the task is waiting: ``task.cancel()``, posted to the loop thread-safely.
+  Its code sees ``CancelledError`` at the ``await`` (as asyncio code expects:
+  ``finally`` blocks and ``async with`` exits run), and the section, as it is
+  left, turns it into :class:`~heartworker.SectionCapExceeded` and takes the
+  task's cancellation back (``Task.uncancel``): like trio's cancel scope, the
+  cancellation belongs to the section, and the code outside it sees the
+  section's exception, which the ASGI wrapper answers with a ``504``;
+* the task blocks the loop (CPU-bound code, a blocking call, in an ``async
+  def``): the cancellation signal to the loop thread raises
+  ``SectionCapExceeded`` where it runs, as in the sync worker.
+
+Before the loop runs (the app's import), the loop thread is the one owner, as
+in every worker's startup (``worker.py``); the startup section stays the loop
+thread's until it closes, and the lifespan's task owns the sections it opens.
+"""
+
+import asyncio
+
+from .flavor import SyncFlavor
+from .probe import LoopProbe
+from .section import SectionCapExceeded
+
+_current_task = asyncio.current_task
+
+
+def task_owner():
+    """The asyncio task running now (None outside one: a callback, no running loop)."""
+    try:
+        return _current_task()
+    except RuntimeError:
+        return None
+
+
+def coroutine_frames(task):
+    """The frames of a suspended ``task``, outermost first (where each coroutine awaits)."""
+    try:
+        awaitable = task.get_coro()
+    except AttributeError:
+        return
+    while awaitable is not None:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None) \
+            or getattr(awaitable, "ag_frame", None)
+        if frame is None:
+            return
+        yield frame
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom",
+                                                                    None) \
+            or getattr(awaitable, "ag_await", None)
+
+
+class TaskFlavor(LoopProbe):
+    """Owners are asyncio tasks; the loop is probed; a waiting task is cancelled alone."""
+
+    retires = False   # the backstop aborts the worker
+
+    def __init__(self):
+        super().__init__()
+        self.owner = None         # the loop thread, until attach() (see the module docstring)
+        self.loop = None
+
+    def attach(self, registry, loop):
+        """``loop`` runs: its tasks own the sections they open from now on."""
+        self.loop = loop
+        self.owner = task_owner
+        registry.adopt(task_owner, keep=True)
+        registry.leave_cancelled = self.leave_cancelled
+
+    def post(self, callback, *args):
+        self.loop.call_soon_threadsafe(callback, *args)
+
+    def loop_seen(self, now):
+        if self.loop is None or self.loop.is_closed():
+            return None            # (no loop yet: the startup section vouches)
+        return super().loop_seen(now)
+
+    running_inside = staticmethod(SyncFlavor.running_inside)
+
+    @staticmethod
+    def sending(request):
+        """(Requests are not deadlines of this worker's: its request limit is its own.)"""
+        return False
+
+    def interrupt(self, guard, section, running):
+        if running or section.owner is None:   # it blocks the loop: interrupt it there
+            guard.signal_serving_thread()
+        else:
+            self.post_cancel(section, self._cancel, guard, section.owner)
+
+    @staticmethod
+    def _cancel(guard, task):               # runs in the loop
+        if task.done():
+            return
+        why = guard.take_cancellation(task)
+        if why is not None:
+            task.cancel(why)
+
+    @staticmethod
+    def leave_cancelled(section, exc):
+        """``section``, cancelled by a ``task.cancel()`` of ours, is left with ``exc``:
+        raise its :class:`SectionCapExceeded` instead of the ``CancelledError``, and
+        take the task's cancellation back (the task was not cancelled: its section was)."""
+        if not isinstance(exc, asyncio.CancelledError) or not section.delivered:
+            return
+        task = section.owner
+        uncancel = getattr(task, "uncancel", None)    # (Python 3.11+)
+        if uncancel is not None and task.cancelling():
+            uncancel()
+        raise SectionCapExceeded(section.why)
+
+    @staticmethod
+    def request_context():
+        """Where the current request's response is noted: its task."""
+        return task_owner()
+
+    def frame_of(self, section):
+        """Where a waiting section's task is suspended: its coroutines' frames (a list,
+        for the log: ``stacks.format_stack``)."""
+        return list(coroutine_frames(section.owner)) if section.owner is not None else None
+
+    def waiting_frame(self, section):
+        """The section's anchor, if its task is suspended inside it (else None: done, or
+        it left the section's code open in a suspended async generator)."""
+        task = section.owner
+        if task is None or task.done():
+            return None
+        for frame in coroutine_frames(task):
+            if frame is section.frame:
+                return frame
+        return None
+
+    frames_at_abort = staticmethod(SyncFlavor.frames_at_abort)   # (the loop-blocking task)
+

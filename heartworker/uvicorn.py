@@ -1,0 +1,125 @@
+"""``heartworker.UvicornWorker``: uvicorn-worker's ASGI worker with long sections.
+
+``uvicorn_worker.UvicornWorker`` notifies the arbiter from uvicorn's main loop,
+which begins only once the ASGI lifespan startup is over, and resets SIGABRT
+to the default.  Here:
+
+* the startup section (``worker.py``) lasts until uvicorn serves: the app's
+  import and its lifespan startup (where a model loads) run inside it, with
+  ``HEARTWORKER_STARTUP_CAP``, ``HEARTWORKER_STARTUP_STALL`` and
+  ``heartworker.progress()``;
+* each asyncio task owns its sections (``tasks.py``): ``async with
+  long_section(...)``, ``@long_section`` on an ``async def``, or a plain
+  ``with`` around blocking code in one;
+* a request ended by a deadline, or by the worker's abort, gets its ``504``
+  (``asgi.py``), and route caps and ``HEARTWORKER_REQUEST_TIMEOUT`` apply;
+* SIGABRT runs Gunicorn's abort (the ``worker_abort`` hook, exit 1), as in
+  the other workers;
+* SIGTERM's graceful stop bounds open sections and uvicorn's drain by
+  ``--graceful-timeout``.
+"""
+
+import asyncio
+import signal
+import sys
+
+import uvicorn_worker
+from gunicorn.arbiter import Arbiter
+from uvicorn.server import Server
+
+from .asgi import answering_timeouts
+from .routes import Routes
+from .tasks import TaskFlavor
+from .worker import HeartWorkerMixin, graceful_limit
+
+
+class _AbortingUvicornWorker(uvicorn_worker.UvicornWorker):
+    """uvicorn-worker's, with Gunicorn's SIGABRT handler back (it resets it to the
+    default: no ``worker_abort`` hook, exit 134), before heartworker's chain to it."""
+
+    def init_signals(self):
+        super().init_signals()
+        signal.signal(signal.SIGABRT, self.handle_abort)
+
+
+class HeartServer(Server):
+    """uvicorn's server, telling the worker when it serves and when it is told to stop."""
+
+    def __init__(self, worker, config):
+        super().__init__(config=config)
+        self.worker = worker
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets=sockets)
+        if self.worker.abort_cause is not None:
+            # Aborted in the lifespan startup: uvicorn caught the abort's SystemExit
+            # there (taking it for "lifespan unsupported") and would serve.
+            stop_accepting(self)
+            raise SystemExit(1)
+        if self.started:
+            self.worker.end_startup()
+
+    def handle_exit(self, sig, frame):
+        super().handle_exit(sig, frame)
+        self.worker.stopping()
+
+
+def stop_accepting(server):
+    """``server`` (uvicorn's) accepts no more: what its listening sockets queue is left
+    to the other workers (and to this one's successor).  Runs in the loop."""
+    for listening in getattr(server, "servers", ()):   # (none before the lifespan ends)
+        listening.close()
+
+
+def _leave(server, exit_):
+    stop_accepting(server)
+    raise exit_
+
+
+class UvicornWorker(HeartWorkerMixin, _AbortingUvicornWorker):
+    """``gunicorn -k heartworker.UvicornWorker``."""
+
+    startup_ends_at_run = False        # (it ends once uvicorn serves: HeartServer.startup)
+    server = None                      # the HeartServer, once the loop runs
+    request_limit_ends_first = False   # (an awaiting task leaves the loop free)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The drain after SIGTERM ends with the sections' graceful limit (worker.py).
+        self.config.timeout_graceful_shutdown = graceful_limit(self.cfg.graceful_timeout)
+
+    def make_flavor(self):
+        return TaskFlavor()
+
+    def wrap_app(self, app):
+        if self.heart_settings.route_caps:
+            self.routes = Routes(self.heart_settings.route_caps)
+        return answering_timeouts(app, self, self.routes, self.request_limit)
+
+    async def _serve(self):
+        # uvicorn-worker's own, with heartworker's server (it has no hook for one).
+        if self.flavor is not None:     # (the loop runs: its tasks own their sections)
+            self.flavor.attach(self.heart, asyncio.get_running_loop())
+        self.config.app = self.wsgi
+        self.server = server = HeartServer(self, self.config)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+    def handle_abort(self, sig, frame):
+        """Gunicorn's abort: its ``SystemExit`` is raised where the loop thread was.
+        The loop stops accepting at its next callback (the connections queued while
+        it was blocked go to the other workers, not down with this one)."""
+        loop = self.flavor.loop if self.flavor is not None else None
+        if loop is not None and not loop.is_closed() and self.server is not None:
+            loop.call_soon_threadsafe(stop_accepting, self.server)
+        super().handle_abort(sig, frame)
+
+    def leave_loop(self, exit_):
+        """The abort's ``SystemExit`` ended a request's code, which answered it
+        (``asgi.py``), and uvicorn would catch it and serve on: the loop ends at its
+        next callback instead, and its other tasks are cancelled as it closes (their
+        requests answered too).  Elsewhere the ``SystemExit`` leaves the loop by
+        itself.  (If the app swallows it, the abort's backstop ends the worker.)"""
+        asyncio.get_running_loop().call_soon(_leave, self.server, exit_)

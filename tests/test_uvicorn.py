@@ -1,0 +1,205 @@
+"""heartworker.UvicornWorker (an ASGI app, FastAPI) against real Gunicorn processes."""
+
+import os
+import signal
+import time
+
+import pytest
+import requests
+
+from tests.timing import in_background, timed_get
+
+pytest.importorskip("uvicorn_worker", reason="heartworker[asgi] is not installed")
+
+TIMEOUT = 2
+MARGIN = 3.0
+HOOK = "def worker_abort(worker):\n    worker.log.info('worker_abort hook ran')\n"
+
+
+@pytest.fixture
+def asgi(server):
+    def start(**kw):
+        kw.setdefault("app", "tests.apps.asgi_app:app")
+        kw.setdefault("timeout", TIMEOUT)
+        return server(worker="heartworker.UvicornWorker", **kw)
+    return start
+
+
+# -- the startup: the app's lifespan ---------------------------------------------------
+def test_a_lifespan_that_blocks_the_loop_past_timeout_survives_and_is_timed(asgi):
+    srv = asgi(env={"APP_LIFESPAN_SLEEP": "5"})
+    assert srv.get("/pid").status_code == 200
+    log = srv.log()
+    assert "WORKER TIMEOUT" not in log
+    assert "heartworker: startup took 5." in log, log
+
+
+def test_a_lifespan_holding_the_gil_past_timeout_survives(asgi):
+    srv = asgi(env={"APP_LIFESPAN_GIL": "4"})
+    assert srv.get("/pid").status_code == 200
+    assert "WORKER TIMEOUT" not in srv.log()
+
+
+def test_a_lifespan_in_phases_keeps_its_stall_limit_with_progress(asgi):
+    srv = asgi(env={"APP_LIFESPAN_PHASES": "1.2,1.2,1.2,1.2",
+                    "HEARTWORKER_STARTUP_STALL": "2"})
+    assert srv.get("/pid").status_code == 200
+    assert "WORKER TIMEOUT" not in srv.log() and "progress" not in srv.log(), srv.log()
+
+
+def test_a_hung_lifespan_is_ended_at_the_startup_cap_naming_it_with_the_hook(asgi, tmp_path):
+    conf = tmp_path / "conf.py"
+    conf.write_text(HOOK)
+    srv = asgi(ready=False, args=["-c", str(conf)],
+               env={"APP_LIFESPAN_HANG": "1", "HEARTWORKER_STARTUP_CAP": "1.5"})
+    assert srv.wait_for_log(r"section 'startup' ran past its cap[^\n]*HEARTWORKER_STARTUP_CAP"
+                            r"=1\.5", timeout=15), srv.log()
+    assert srv.wait_for_log("worker_abort hook ran"), srv.log()
+
+
+def test_a_section_in_the_lifespan_past_its_cap_aborts_the_startup_naming_it(asgi, tmp_path):
+    conf = tmp_path / "conf.py"
+    conf.write_text(HOOK)
+    srv = asgi(ready=False, args=["-c", str(conf)], env={"APP_LIFESPAN_SECTION_HANG": "1.5"})
+    assert srv.wait_for_log(r"section 'warm cache' ran past its cap[^\n]*aborting worker",
+                            timeout=15), srv.log()
+    assert srv.wait_for_log("worker_abort hook ran"), srv.log()
+    assert srv.wait_for_log(r"Worker \(pid:\d+\) exited with code 1"), srv.log()
+    assert "Application startup complete" not in srv.log()   # (it never served)
+
+
+# -- sections in async code ------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/section_await?s=4", "/section_block?s=4",
+                                  "/section_busy?s=4", "/section_gil?s=4", "/decorated?s=4"])
+def test_a_section_longer_than_timeout_completes(asgi, path):
+    srv = asgi()
+    pid = srv.get("/pid").text
+    status, took = timed_get(srv, path + "&cap=30")
+    assert status == 200 and took >= 4, (status, took, srv.log())
+    assert srv.get("/pid").text == pid and "WORKER TIMEOUT" not in srv.log()
+
+
+@pytest.mark.parametrize("path, name", [("/section_hang", "upstream"),
+                                        ("/section_busy?s=30", "inference"),
+                                        ("/section_block?s=30", "blocking load")])
+def test_a_section_past_its_cap_is_cancelled_alone_with_a_504_naming_it(asgi, path, name):
+    srv = asgi()
+    pid = srv.get("/pid").text
+    sep = "&" if "?" in path else "?"
+    r = requests.get(srv.url(f"{path}{sep}cap=1"), timeout=30)
+    assert r.status_code == 504, (r.status_code, srv.log())
+    assert f"section '{name}' ran past its cap" in r.text
+    assert r.headers.get("connection") == "close"
+    assert srv.get("/pid").text == pid, srv.log()
+    assert "did not take" not in srv.log() and "Exception in ASGI" not in srv.log()
+
+
+def test_an_awaiting_section_is_cancelled_while_other_requests_are_served(asgi):
+    srv = asgi()
+    hung, results = in_background(srv, "/section_hang?cap=2")
+    time.sleep(0.3)
+    for _ in range(5):                     # the loop stays free meanwhile
+        status, took = timed_get(srv, "/pid")
+        assert status == 200 and took < 0.5
+    hung.join(30)
+    status, took = results["/section_hang?cap=2"]
+    assert status == 504 and 1.9 <= took < 2 + MARGIN, (status, took)
+
+
+def test_a_cancelled_section_whose_response_began_has_its_connection_closed(asgi):
+    srv = asgi()
+    pid = srv.get("/pid").text
+    with pytest.raises(requests.RequestException):
+        requests.get(srv.url("/stream_then_hang?cap=1"), timeout=30)
+    assert srv.get("/pid").text == pid
+
+
+# -- outside sections: as stock, with a 504 and the hook ---------------------------------
+def test_blocking_the_loop_outside_sections_is_ended_at_timeout_with_a_504_and_the_hook(
+        asgi, tmp_path):
+    conf = tmp_path / "conf.py"
+    conf.write_text(HOOK)
+    srv = asgi(args=["-c", str(conf)])
+    pid = srv.get("/pid").text
+    start = time.monotonic()
+    r = requests.get(srv.url("/block?s=30"), timeout=30)
+    took = time.monotonic() - start
+    assert r.status_code == 504 and "--timeout" in r.text, (r.status_code, r.text, srv.log())
+    assert took < TIMEOUT + MARGIN
+    assert srv.wait_for_log("worker_abort hook ran"), srv.log()
+    assert srv.wait_for_log(r"Worker \(pid:%s\) exited with code 1" % pid), srv.log()
+    srv.wait_ready()
+    assert srv.get("/pid").text != pid
+
+
+def test_an_abort_answers_every_awaiting_request_and_leaves_the_queued_ones(asgi):
+    srv = asgi()
+    pid = srv.get("/pid").text
+    results = {}
+    awaiting = ["/await?s=20", "/await?s=21", "/section_hang?cap=60"]
+    threads = [in_background(srv, path, results)[0] for path in awaiting]
+    time.sleep(0.5)
+    threads.append(in_background(srv, "/block?s=30", results)[0])
+    time.sleep(0.5)             # the loop is blocked: this one waits in the listen queue
+    threads.append(in_background(srv, "/pid", results)[0])
+    for thread in threads:
+        thread.join(40)
+    for path in awaiting:       # each answered as the aborted loop closes
+        status, took = results[path]
+        assert status == 504 and took < 1 + TIMEOUT + MARGIN, (path, status, took, srv.log())
+    assert results["/block?s=30"][0] == 504, (results, srv.log())
+    assert results["/pid"][0] == 200, (results, srv.log())   # by the next worker
+    assert srv.log().count("the worker was aborted") == len(awaiting), srv.log()
+    assert srv.get("/pid").text != pid
+
+
+def test_awaiting_outside_sections_past_timeout_is_left_alone_as_in_stock(asgi):
+    srv = asgi()
+    status, took = timed_get(srv, "/await?s=4")
+    assert status == 200 and took >= 4
+    assert "WORKER TIMEOUT" not in srv.log()
+
+
+def test_a_request_limit_cancels_an_await_outside_sections(asgi):
+    srv = asgi(env={"HEARTWORKER_REQUEST_TIMEOUT": "1"})
+    pid = srv.get("/pid").text
+    r = requests.get(srv.url("/await?s=30"), timeout=30)
+    assert r.status_code == 504 and "HEARTWORKER_REQUEST_TIMEOUT" in r.text, (r.text, srv.log())
+    assert srv.get("/section_await?s=2&cap=10").status_code == 200   # inside: its own cap
+    assert srv.get("/pid").text == pid
+
+
+def test_a_route_cap_lets_a_blocking_request_finish_and_cuts_a_hang(asgi):
+    srv = asgi(env={"HEARTWORKER_ROUTE_CAPS": "GET /block=10;/await=1"})
+    pid = srv.get("/pid").text
+    status, took = timed_get(srv, "/block?s=4")
+    assert status == 200 and took >= 4, (status, srv.log())
+    r = requests.get(srv.url("/await?s=30"), timeout=30)
+    assert r.status_code == 504 and "route '/await'" in r.text, (r.text, srv.log())
+    assert srv.get("/pid").text == pid and "WORKER TIMEOUT" not in srv.log()
+
+
+# -- the graceful stop -------------------------------------------------------------------
+def test_sigterm_ends_an_open_section_at_the_graceful_limit_with_a_504(asgi):
+    srv = asgi()
+    pid = int(srv.get("/pid").text)
+    hung, results = in_background(srv, "/section_hang?cap=60")
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGTERM)
+    hung.join(30)
+    status, took = results["/section_hang?cap=60"]
+    assert status == 504 and took < 0.5 + 2 + MARGIN, (status, took, srv.log())
+    assert "graceful" in srv.log()
+
+
+# -- FastAPI -----------------------------------------------------------------------------
+def test_fastapi_a_phased_lifespan_a_decorated_endpoint_and_a_capped_one(asgi):
+    pytest.importorskip("fastapi")
+    srv = asgi(app="tests.apps.fastapi_app:app", ready_path="/pid")
+    assert "WORKER TIMEOUT" not in srv.log()
+    r = srv.get("/predict?seconds=3&label=cat")     # FastAPI read the decorated signature
+    assert r.status_code == 200 and r.json() == {"label": "cat", "seconds": 3.0}, r.text
+    r = srv.get("/hang")
+    assert r.status_code == 504 and "section 'upstream' ran past its cap" in r.text, r.text
+    assert srv.get("/predict?seconds=0").status_code == 200
+    assert srv.get("/predict").status_code == 422    # (its own validation, as always)
