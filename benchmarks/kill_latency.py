@@ -26,6 +26,8 @@ from tests.gunicorn_server import pid_alive
 
 SYNC, GEVENT, THREAD = "heartworker.SyncWorker", "heartworker.GeventWorker", \
     "heartworker.ThreadWorker"
+UVICORN, STOCK_UVICORN = "heartworker.UvicornWorker", "uvicorn_worker.UvicornWorker"
+ASGI_APP = "tests.apps.asgi_app:app"      # (the uvicorn workers'; its routes are the same)
 CAP, GRACE, STOCK_TIMEOUT = 1, 1, 2
 # (case, worker, --timeout, path, seconds the clock starts from, the worker dies, target s)
 CASES = [
@@ -54,6 +56,14 @@ CASES = [
      THREAD, 1, "/hang", 1 + GRACE, True, None),
     ("stock sync: --timeout 2, hung request", "sync", STOCK_TIMEOUT, "/hang", STOCK_TIMEOUT,
      True, None),
+    ("uvicorn: awaiting task (cancelled)", UVICORN, 1, f"/section_hang?cap={CAP}", CAP,
+     False, 0.1),
+    ("uvicorn: busy loop blocking the event loop (cancelled)", UVICORN, 1,
+     f"/section_busy?s=60&cap={CAP}", CAP, False, 0.1),
+    ("uvicorn: loop blocked outside sections (the arbiter's abort, a 504)", UVICORN, 1,
+     "/block?s=60", 1, True, None),
+    ("stock uvicorn-worker: --timeout 2, loop blocked", STOCK_UVICORN, STOCK_TIMEOUT,
+     "/block?s=60", STOCK_TIMEOUT, True, None),
 ]
 POLL = 0.002
 NOTES = """\
@@ -63,7 +73,10 @@ NOTES = """\
 # stock: the arbiter looks once a second, so expect --timeout + 0..1 s (+ the worker's exit).
 # gthread, a thread blocked in a syscall: no exception can reach it; the worker retires: it
 #   stops accepting, waits --graceful-timeout (2 s here) for its other requests, and exits.
-# stock gthread never ends a hung request thread (its main loop notifies whatever they do)."""
+# stock gthread never ends a hung request thread (its main loop notifies whatever they do).
+# uvicorn, loop blocked outside sections: the arbiter's abort at --timeout + 0..1 s, as stock;
+#   heartworker's client gets a 504 (stock's sees the connection reset) and the worker
+#   exits through Gunicorn's abort (stock: SIGABRT's default, a core dump, exit 134)."""
 
 
 def worker_pid(srv, not_pid=None, timeout=30):
@@ -137,8 +150,14 @@ def run(args):
           f"seconds after the cap (+ grace for a swallowed cancellation; stock: after "
           f"--timeout); median and max")
     rows = []
+    asgi = common.installed("uvicorn_worker")
+    if not asgi:
+        print("# (the uvicorn rows need heartworker[asgi]: not installed, left out)")
     for case, worker, timeout, path, reference, dies, target in CASES:
-        with common.servers([common.spec(worker, timeout=timeout)]) as (srv,):
+        app = {} if "Uvicorn" not in worker else {"app": ASGI_APP}
+        if app and not asgi:
+            continue
+        with common.servers([common.spec(worker, timeout=timeout, **app)]) as (srv,):
             results = [trial(srv, path, reference, dies) for _ in range(repeats)]
         client = [r[0] for r in results]
         death = [r[1] for r in results if r[1] is not None]

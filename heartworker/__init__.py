@@ -21,7 +21,7 @@ replaced.check()     # -k heartworker.SyncWorker with --threads > 1: never silen
 
 __version__ = "0.4.0"
 __all__ = ["long_section", "LongSection", "progress", "SectionCapExceeded", "SettingError",
-           "SyncWorker", "ThreadWorker", "GeventWorker", "UvicornWorker"]
+           "SyncWorker", "ThreadWorker", "GeventWorker", "UvicornWorker", "UvicornH11Worker"]
 
 
 def __getattr__(name):
@@ -39,12 +39,12 @@ def __getattr__(name):
                               "pip install 'heartworker[gevent]'") from exc
         from .ggevent import GeventWorker
         return GeventWorker
-    if name == "UvicornWorker":
+    if name in ("UvicornWorker", "UvicornH11Worker"):
         try:
             import uvicorn_worker  # noqa: F401  (only to tell what is missing)
         except ImportError as exc:
-            raise ImportError("heartworker.UvicornWorker needs uvicorn-worker: "
+            raise ImportError(f"heartworker.{name} needs uvicorn-worker: "
                               "pip install 'heartworker[asgi]'") from exc
-        from .uvicorn import UvicornWorker
-        return UvicornWorker
+        from . import uvicorn
+        return getattr(uvicorn, name)
     raise AttributeError(f"module 'heartworker' has no attribute {name!r}")

@@ -66,7 +66,7 @@ class HeartServer(Server):
 
 def stop_accepting(server):
     """``server`` (uvicorn's) accepts no more: what its listening sockets queue is left
-    to the other workers (and to this one's successor).  Runs in the loop."""
+    to the other workers (and to this one's successor).  On the loop thread."""
     for listening in getattr(server, "servers", ()):   # (none before the lifespan ends)
         listening.close()
 
@@ -109,11 +109,17 @@ class UvicornWorker(HeartWorkerMixin, _AbortingUvicornWorker):
 
     def handle_abort(self, sig, frame):
         """Gunicorn's abort: its ``SystemExit`` is raised where the loop thread was.
-        The loop stops accepting at its next callback (the connections queued while
-        it was blocked go to the other workers, not down with this one)."""
-        loop = self.flavor.loop if self.flavor is not None else None
-        if loop is not None and not loop.is_closed() and self.server is not None:
-            loop.call_soon_threadsafe(stop_accepting, self.server)
+
+        First the worker stops accepting, here in the handler: the connections
+        queued while its loop was blocked go to the other workers, not down with this
+        one.  Not at the loop's next callback: uvloop (libuv) accepts what is queued
+        before it runs any.  (The handler runs on the loop thread between two
+        bytecodes: closing a listening socket there is what a callback may do.)"""
+        if self.server is not None:
+            try:
+                stop_accepting(self.server)
+            except Exception:           # (the loop is closing: nothing is accepted)
+                pass
         super().handle_abort(sig, frame)
 
     def leave_loop(self, exit_):
@@ -123,3 +129,10 @@ class UvicornWorker(HeartWorkerMixin, _AbortingUvicornWorker):
         requests answered too).  Elsewhere the ``SystemExit`` leaves the loop by
         itself.  (If the app swallows it, the abort's backstop ends the worker.)"""
         asyncio.get_running_loop().call_soon(_leave, self.server, exit_)
+
+
+class UvicornH11Worker(UvicornWorker):
+    """``gunicorn -k heartworker.UvicornH11Worker``: asyncio's own loop and h11, never
+    uvloop or httptools (uvicorn-worker's ``UvicornH11Worker``: PyPy, no C extensions)."""
+
+    CONFIG_KWARGS = uvicorn_worker.UvicornH11Worker.CONFIG_KWARGS

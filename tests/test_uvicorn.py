@@ -16,12 +16,14 @@ MARGIN = 3.0
 HOOK = "def worker_abort(worker):\n    worker.log.info('worker_abort hook ran')\n"
 
 
-@pytest.fixture
-def asgi(server):
+@pytest.fixture(params=["heartworker.UvicornWorker", "heartworker.UvicornH11Worker"])
+def asgi(server, request):
+    """A Gunicorn with the uvicorn worker: on uvloop and httptools (the tests install
+    them), and on asyncio's own loop and h11."""
     def start(**kw):
         kw.setdefault("app", "tests.apps.asgi_app:app")
         kw.setdefault("timeout", TIMEOUT)
-        return server(worker="heartworker.UvicornWorker", **kw)
+        return server(worker=request.param, **kw)
     return start
 
 
