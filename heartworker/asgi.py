@@ -11,7 +11,8 @@ ended by a deadline (``answer.py`` is the WSGI workers' counterpart).
   ``CancelledError`` as the aborted loop shuts down) gets ``504 Gateway
   Timeout`` with ``Connection: close`` and a body naming the cause, unless
   its response had started: then it is ended as uvicorn ends a failed one
-  (the connection closed, the response truncated).
+  (the connection closed, the response truncated).  So does one that uvicorn
+  cancels as the graceful stop's drain ends (``--graceful-timeout``).
 
 Websockets and the lifespan pass through as they are.
 """
@@ -31,12 +32,23 @@ except NameError:           # Python 3.10: no exception groups but anyio's backp
         _GROUP = ()
 
 
+def found_in(exc, kind):
+    """The exception of ``kind`` that ``exc`` is, or holds in an exception group (anyio's
+    task groups, Starlette's ``BaseHTTPMiddleware``, which adds its own "No response
+    returned" beside it), or None."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, _GROUP):
+        for inner in exc.exceptions:
+            found = found_in(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
 def cancellation_in(exc):
-    """The :class:`SectionCapExceeded` that ``exc`` is, or holds alone in an exception
-    group (anyio's task groups, Starlette's middleware), or None."""
-    while isinstance(exc, _GROUP) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc if isinstance(exc, SectionCapExceeded) else None
+    """The :class:`SectionCapExceeded` that ``exc`` is or holds, or None."""
+    return found_in(exc, SectionCapExceeded)
 
 
 def answering_timeouts(app, worker, routes=None, limit=None):
@@ -58,12 +70,12 @@ def answering_timeouts(app, worker, routes=None, limit=None):
         method, path, heart = scope["method"], path_info(scope), worker.heart
         here = sys._getframe()
         route = request = None
+        if limit is not None:       # (first: the route's section is inside the request)
+            request = heart.request_begins(f"{method} {path}", here, limit)
         if match is not None:
             rule = match(method, path)
             if rule is not None:
                 route = rule.open(heart, here)
-        if limit is not None:
-            request = heart.request_begins(f"{method} {path}", here, limit)
         worker.requests_begun += 1
         try:
             try:
@@ -80,18 +92,14 @@ def answering_timeouts(app, worker, routes=None, limit=None):
             cause = cause_of(worker, exc)
             if cause is None:
                 raise
-            by_arbiter = isinstance(exc, SystemExit) and not worker.guard.aborting
+            by_arbiter = found_in(exc, SystemExit) is not None and not worker.guard.aborting
             fix = worker.route_hint(method, path) if worker.abort_outside and \
                 cause is worker.abort_cause else ""
             worker.log.warning("heartworker: %s %s ended: %s%s", method, path, cause, fix,
                                exc_info=exc if by_arbiter else None)
-            try:
-                if started:
-                    raise           # (uvicorn closes the connection)
-                await answer_timeout(send, cause)
-            finally:
-                if isinstance(exc, SystemExit):
-                    worker.leave_loop(exc)      # (uvicorn would catch it and serve on)
+            if started:
+                raise               # (uvicorn closes the connection)
+            await answer_timeout(send, cause)
         finally:
             worker.requests_ended += 1
 
@@ -112,10 +120,13 @@ def cause_of(worker, exc):
         return str(cancelled)
     cause = worker.abort_cause
     if cause is None:
+        if found_in(exc, asyncio.CancelledError) is not None and worker.stop_began:
+            return (f"the worker's graceful stop ended it (--graceful-timeout "
+                    f"{worker.cfg.graceful_timeout:g} s)")     # (uvicorn's drain ended)
         return None
-    if isinstance(exc, SystemExit):
+    if found_in(exc, SystemExit) is not None:
         return cause                # this task's code had the loop when the abort came
-    if isinstance(exc, asyncio.CancelledError):
+    if found_in(exc, asyncio.CancelledError) is not None:
         return f"the worker was aborted: {cause}"    # (its loop shuts down)
     return None
 

@@ -50,7 +50,14 @@ class HeartServer(Server):
         self.worker = worker
 
     async def startup(self, sockets=None):
-        await super().startup(sockets=sockets)
+        try:
+            await super().startup(sockets=sockets)
+        except SystemExit:
+            if self.worker.abort_cause is None:
+                raise
+            # Aborted in the lifespan startup, which Starlette then reported failed:
+            # uvicorn exits as from a failed boot (3), and the arbiter would halt.
+            raise SystemExit(1) from None
         if self.worker.abort_cause is not None:
             # Aborted in the lifespan startup: uvicorn caught the abort's SystemExit
             # there (taking it for "lifespan unsupported") and would serve.
@@ -61,6 +68,7 @@ class HeartServer(Server):
 
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
+        self.worker.stop_began = True
         self.worker.stopping()
 
 
@@ -71,9 +79,23 @@ def stop_accepting(server):
         listening.close()
 
 
-def _leave(server, exit_):
-    stop_accepting(server)
-    raise exit_
+def leaving(task):
+    """Is ``task``, the loop's main one, being cancelled as the loop closes (asyncio's
+    runner cancels every task once an exception has left the loop)?"""
+    if task is None or task.done():
+        return True
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None:
+        return cancelling() > 0
+    waiter = getattr(task, "_fut_waiter", None)     # (Python 3.10: no Task.cancelling())
+    return getattr(task, "_must_cancel", False) or (waiter is not None and waiter.cancelled())
+
+
+def _leave(worker, exit_):
+    """The abort's ``SystemExit`` once more, from a callback of the loop: it leaves the
+    loop unless it has already (then the loop is closing: nothing to do)."""
+    if not leaving(worker.main_task):
+        raise exit_
 
 
 class UvicornWorker(HeartWorkerMixin, _AbortingUvicornWorker):
@@ -81,6 +103,8 @@ class UvicornWorker(HeartWorkerMixin, _AbortingUvicornWorker):
 
     startup_ends_at_run = False        # (it ends once uvicorn serves: HeartServer.startup)
     server = None                      # the HeartServer, once the loop runs
+    main_task = None                   # the loop's main task (_serve)
+    stop_began = False                 # SIGTERM: uvicorn's graceful stop (asgi.py)
     request_limit_ends_first = False   # (an awaiting task leaves the loop free)
 
     def __init__(self, *args, **kwargs):
@@ -100,6 +124,7 @@ class UvicornWorker(HeartWorkerMixin, _AbortingUvicornWorker):
         # uvicorn-worker's own, with heartworker's server (it has no hook for one).
         if self.flavor is not None:     # (the loop runs: its tasks own their sections)
             self.flavor.attach(self.heart, asyncio.get_running_loop())
+        self.main_task = asyncio.current_task()
         self.config.app = self.wsgi
         self.server = server = HeartServer(self, self.config)
         self._install_sigquit_handler()
@@ -114,21 +139,27 @@ class UvicornWorker(HeartWorkerMixin, _AbortingUvicornWorker):
         queued while its loop was blocked go to the other workers, not down with this
         one.  Not at the loop's next callback: uvloop (libuv) accepts what is queued
         before it runs any.  (The handler runs on the loop thread between two
-        bytecodes: closing a listening socket there is what a callback may do.)"""
+        bytecodes: closing a listening socket there is what a callback may do.)
+
+        The ``SystemExit`` may land where it is caught: in a request's code, whose
+        ``504`` ``asgi.py`` then sends, or in uvicorn's (which catches every
+        exception of the app's and serves on).  So the loop gets it once more from
+        its next callback, unless it has left the loop already: then asyncio is
+        cancelling every task as the loop closes (each request answered), and
+        ending that early would cut their answers short.  (An app that swallows it
+        twice is ended by the abort's backstop a second later.)"""
         if self.server is not None:
             try:
                 stop_accepting(self.server)
             except Exception:           # (the loop is closing: nothing is accepted)
                 pass
-        super().handle_abort(sig, frame)
-
-    def leave_loop(self, exit_):
-        """The abort's ``SystemExit`` ended a request's code, which answered it
-        (``asgi.py``), and uvicorn would catch it and serve on: the loop ends at its
-        next callback instead, and its other tasks are cancelled as it closes (their
-        requests answered too).  Elsewhere the ``SystemExit`` leaves the loop by
-        itself.  (If the app swallows it, the abort's backstop ends the worker.)"""
-        asyncio.get_running_loop().call_soon(_leave, self.server, exit_)
+        try:
+            super().handle_abort(sig, frame)
+        except SystemExit as exit_:
+            loop = self.flavor.loop if self.flavor is not None else None
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(_leave, self, exit_)
+            raise
 
 
 class UvicornH11Worker(UvicornWorker):

@@ -1,6 +1,7 @@
 """heartworker.UvicornWorker (an ASGI app, FastAPI) against real Gunicorn processes."""
 
 import os
+import re
 import signal
 import time
 
@@ -181,6 +182,15 @@ def test_a_route_cap_lets_a_blocking_request_finish_and_cuts_a_hang(asgi):
     assert srv.get("/pid").text == pid and "WORKER TIMEOUT" not in srv.log()
 
 
+def test_a_route_cap_holds_inside_the_request_limit(asgi):
+    srv = asgi(env={"HEARTWORKER_ROUTE_CAPS": "GET /block=10",
+                    "HEARTWORKER_REQUEST_TIMEOUT": "1"})
+    status, took = timed_get(srv, "/block?s=3")
+    assert status == 200 and took >= 3, (status, srv.log())
+    r = requests.get(srv.url("/await?s=30"), timeout=30)
+    assert r.status_code == 504 and "HEARTWORKER_REQUEST_TIMEOUT" in r.text, r.text
+
+
 # -- the graceful stop -------------------------------------------------------------------
 def test_sigterm_ends_an_open_section_at_the_graceful_limit_with_a_504(asgi):
     srv = asgi()
@@ -194,6 +204,18 @@ def test_sigterm_ends_an_open_section_at_the_graceful_limit_with_a_504(asgi):
     assert "graceful" in srv.log()
 
 
+def test_sigterm_answers_a_request_that_uvicorns_drain_cancels(asgi):
+    srv = asgi(args=["--graceful-timeout", "1"])    # (the drain ends before --timeout)
+    pid = int(srv.get("/pid").text)
+    waiting, results = in_background(srv, "/await?s=60")
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGTERM)
+    waiting.join(30)
+    status, took = results["/await?s=60"]
+    assert status == 504 and took < 0.5 + 1 + MARGIN, (status, took, srv.log())
+    assert "graceful stop ended it" in srv.log() and "Exception in ASGI" not in srv.log()
+
+
 # -- FastAPI -----------------------------------------------------------------------------
 def test_fastapi_a_phased_lifespan_a_decorated_endpoint_and_a_capped_one(asgi):
     pytest.importorskip("fastapi")
@@ -205,3 +227,23 @@ def test_fastapi_a_phased_lifespan_a_decorated_endpoint_and_a_capped_one(asgi):
     assert r.status_code == 504 and "section 'upstream' ran past its cap" in r.text, r.text
     assert srv.get("/predict?seconds=0").status_code == 200
     assert srv.get("/predict").status_code == 422    # (its own validation, as always)
+
+
+def test_fastapi_a_lifespan_aborted_at_its_cap_is_restarted_not_a_failed_boot(asgi):
+    pytest.importorskip("fastapi")
+    # Starlette reports the abort's SystemExit as a failed startup: uvicorn would exit
+    # with Gunicorn's boot-error code, and the arbiter halt.
+    srv = asgi(app="tests.apps.fastapi_app:app", ready_path="/pid",
+               env={"APP_LIFESPAN_BLOCK_ONCE": "60", "HEARTWORKER_STARTUP_CAP": "4"})
+    log = srv.log()     # (the next worker loads in 2.4 s)
+    assert re.search(r"Worker \(pid:\d+\) exited with code 1", log), log
+    assert "HEARTWORKER_STARTUP_CAP=4" in log and "Worker failed to boot" not in log, log
+
+
+def test_fastapi_under_http_middleware_a_section_past_its_cap_gets_its_504(asgi):
+    pytest.importorskip("fastapi")
+    srv = asgi(app="tests.apps.fastapi_app:app", ready_path="/pid",
+               env={"APP_HTTP_MIDDLEWARE": "1"})
+    r = srv.get("/hang")    # (Starlette adds its "No response returned" beside it)
+    assert r.status_code == 504 and "section 'upstream' ran past its cap" in r.text, r.text
+    assert "Exception in ASGI application" not in srv.log()

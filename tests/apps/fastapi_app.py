@@ -1,6 +1,12 @@
-"""A FastAPI app: a model loaded in phases in the lifespan, a long endpoint, a quick one."""
+"""A FastAPI app: a model loaded in phases in the lifespan, a long endpoint, a quick one.
+
+From the environment: ``APP_LIFESPAN_BLOCK_ONCE`` (seconds the first worker's lifespan
+blocks the loop: later workers load at once), ``APP_HTTP_MIDDLEWARE`` (Starlette's
+``BaseHTTPMiddleware``: endpoints run in a task of their own).
+"""
 
 import asyncio
+import os
 import time
 from contextlib import asynccontextmanager
 
@@ -10,8 +16,18 @@ import heartworker
 from heartworker import long_section
 
 
+def first_worker():
+    """Is this the server's first worker to load?  (Each test server has its HOME.)"""
+    mark = os.path.join(os.environ["HOME"], "loaded-once")
+    first = not os.path.exists(mark)
+    open(mark, "a").close()
+    return first
+
+
 @asynccontextmanager
 async def lifespan(app):
+    if os.environ.get("APP_LIFESPAN_BLOCK_ONCE") and first_worker():
+        time.sleep(float(os.environ["APP_LIFESPAN_BLOCK_ONCE"]))
     for phase in ("weights", "tokenizer", "warm-up"):
         time.sleep(0.8)                       # blocks the loop, as a real load does
         heartworker.progress(phase)
@@ -20,10 +36,14 @@ async def lifespan(app):
 
 app = FastAPI(lifespan=lifespan)
 
+if os.environ.get("APP_HTTP_MIDDLEWARE"):
+    @app.middleware("http")
+    async def passing_through(request, call_next):
+        return await call_next(request)
+
 
 @app.get("/pid")
 async def pid():
-    import os
     return {"pid": os.getpid()}
 
 
