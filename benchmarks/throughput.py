@@ -54,11 +54,11 @@ def run(args):
     print(f"# wrk -t1, {seconds} s per run, {rounds} rounds (A B / B A), connections: "
           f"sync {CONNECTIONS['sync']}, gevent {CONNECTIONS['gevent']}, gthread "
           f"{CONNECTIONS['gthread']} (--threads {common.THREADS}); one worker each")
-    pairs = common.PAIRS + (ASGI_PAIRS if common.installed("uvicorn_worker") else [])
-    specs = [common.spec(worker, timeout=30, app="benchmarks.app:app")
-             for worker in common.WORKERS]
-    specs += [common.spec(worker, timeout=30, app="benchmarks.app:asgi_app")
-              for pair in pairs[len(common.PAIRS):] for worker in pair[1:]]
+    asgi = ASGI_PAIRS if common.installed("uvicorn_worker") else []
+    pairs = [pair for pair in common.PAIRS + asgi if not args.only or pair[0] in args.only]
+    specs = [common.spec(worker, timeout=30,
+                         app="benchmarks.app:asgi_app" if pair in asgi else "benchmarks.app:app")
+             for pair in pairs for worker in pair[1:]]
     with common.servers(specs) as started:
         by_worker = {srv.worker: srv for srv in started}
         configs = [(label, name, path, target, stock, heart)
@@ -90,5 +90,12 @@ def run(args):
                   "ratio spread", "target", "result"], rows)
 
 
+def options(parser):
+    parser.add_argument("--only", action="append", metavar="WORKER",
+                        help="measure this pair only (sync, gevent, gthread, uvicorn); "
+                             "repeatable")
+
+
 if __name__ == "__main__":
-    common.main(run, "Throughput overhead: heartworker vs stock Gunicorn (wrk, loopback)")
+    common.main(run, "Throughput overhead: heartworker vs stock Gunicorn (wrk, loopback)",
+                options)

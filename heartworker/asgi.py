@@ -53,20 +53,14 @@ def cancellation_in(exc):
 
 def answering_timeouts(app, worker, routes=None, limit=None):
     """Wrap the ASGI ``app`` for ``worker`` (its registry, log, abort cause): ``routes``,
-    the route caps (or None); ``limit``, ``HEARTWORKER_REQUEST_TIMEOUT`` (or None)."""
+    the route caps (or None); ``limit``, ``HEARTWORKER_REQUEST_TIMEOUT`` (or None).
+
+    A request that neither applies to costs one ``try`` and two counts (measured in
+    ``benchmarks/throughput.py``: a wrapper of ``send`` cost 4-6 us a request)."""
     match = routes.match if routes is not None else None
 
-    async def app_answering_timeouts(scope, receive, send):
-        if scope["type"] != "http":
-            return await app(scope, receive, send)
-        started = False
-
-        async def noting_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True      # (before the send: a cancellation may land in it)
-            await send(message)
-
+    async def in_deadlines(scope, receive, send):
+        """The app, inside the request's limit and its route's section (anchored here)."""
         method, path, heart = scope["method"], path_info(scope), worker.heart
         here = sys._getframe()
         route = request = None
@@ -76,30 +70,37 @@ def answering_timeouts(app, worker, routes=None, limit=None):
             rule = match(method, path)
             if rule is not None:
                 route = rule.open(heart, here)
+        try:
+            return await app(scope, receive, send)
+        finally:
+            if route is not None:
+                heart.exit(route)
+            if request is not None:
+                heart.request_done(request, nothing)
+            for ended in (route, request):     # (cancelled by task.cancel(): tasks.py)
+                if ended is not None and ended.why is not None:
+                    heart.leave_cancelled(ended, sys.exc_info()[1])
+
+    served = app if match is None and limit is None else in_deadlines
+
+    async def app_answering_timeouts(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
         worker.requests_begun += 1
         try:
-            try:
-                return await app(scope, receive, noting_send)
-            finally:
-                if route is not None:
-                    heart.exit(route)
-                if request is not None:
-                    heart.request_done(request, nothing)
-                for ended in (route, request):     # (cancelled by task.cancel(): tasks.py)
-                    if ended is not None and ended.why is not None:
-                        heart.leave_cancelled(ended, sys.exc_info()[1])
+            return await served(scope, receive, send)
         except BaseException as exc:
             cause = cause_of(worker, exc)
             if cause is None:
                 raise
+            method, path = scope["method"], path_info(scope)
             by_arbiter = found_in(exc, SystemExit) is not None and not worker.guard.aborting
             fix = worker.route_hint(method, path) if worker.abort_outside and \
                 cause is worker.abort_cause else ""
             worker.log.warning("heartworker: %s %s ended: %s%s", method, path, cause, fix,
                                exc_info=exc if by_arbiter else None)
-            if started:
-                raise               # (uvicorn closes the connection)
-            await answer_timeout(send, cause)
+            if not await answer_timeout(send, cause):
+                raise               # its response had started: uvicorn closes the connection
         finally:
             worker.requests_ended += 1
 
@@ -132,9 +133,15 @@ def cause_of(worker, exc):
 
 
 async def answer_timeout(send, cause):
+    """Send the ``504``; False if the request's response had started (the server refuses
+    a second ``http.response.start``: uvicorn raises ``RuntimeError`` before it writes)."""
     body = f"Gateway Timeout: {cause}\n".encode("utf-8")
-    await send({"type": "http.response.start", "status": 504, "headers": [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode("ascii")),
-        (b"connection", b"close")]})
+    try:
+        await send({"type": "http.response.start", "status": 504, "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"connection", b"close")]})
+    except RuntimeError:
+        return False
     await send({"type": "http.response.body", "body": body})
+    return True
