@@ -17,18 +17,28 @@ MARGIN = 3.0
 HOOK = "def worker_abort(worker):\n    worker.log.info('worker_abort hook ran')\n"
 
 
-@pytest.fixture(params=["heartworker.UvicornWorker", "heartworker.UvicornH11Worker"])
+# The tests where the loop or the HTTP protocol makes a difference (how the loop starts
+# and stops, accepts, and refuses a second response start) run on both; the others on
+# uvloop and httptools (the tests install them), as most deployments run.
+BOTH_LOOPS = pytest.mark.parametrize("asgi", ["heartworker.UvicornWorker",
+                                              "heartworker.UvicornH11Worker"], indirect=True)
+
+
+@pytest.fixture
 def asgi(server, request):
-    """A Gunicorn with the uvicorn worker: on uvloop and httptools (the tests install
-    them), and on asyncio's own loop and h11."""
+    """A Gunicorn with a uvicorn worker (``heartworker.UvicornWorker`` unless the test is
+    parametrized over both)."""
+    worker = getattr(request, "param", "heartworker.UvicornWorker")
+
     def start(**kw):
         kw.setdefault("app", "tests.apps.asgi_app:app")
         kw.setdefault("timeout", TIMEOUT)
-        return server(worker=request.param, **kw)
+        return server(worker=worker, **kw)
     return start
 
 
 # -- the startup: the app's lifespan ---------------------------------------------------
+@BOTH_LOOPS
 def test_a_lifespan_that_blocks_the_loop_past_timeout_survives_and_is_timed(asgi):
     srv = asgi(env={"APP_LIFESPAN_SLEEP": "5"})
     assert srv.get("/pid").status_code == 200
@@ -48,8 +58,7 @@ def test_a_lifespan_in_phases_keeps_its_stall_limit_with_progress(asgi):
                     "HEARTWORKER_STARTUP_STALL": "2"})
     assert srv.get("/pid").status_code == 200
     assert "WORKER TIMEOUT" not in srv.log() and "progress" not in srv.log(), srv.log()
-
-
+@BOTH_LOOPS
 def test_a_hung_lifespan_is_ended_at_the_startup_cap_naming_it_with_the_hook(asgi, tmp_path):
     conf = tmp_path / "conf.py"
     conf.write_text(HOOK)
@@ -82,6 +91,7 @@ def test_a_section_longer_than_timeout_completes(asgi, path):
     assert srv.get("/pid").text == pid and "WORKER TIMEOUT" not in srv.log()
 
 
+@BOTH_LOOPS
 @pytest.mark.parametrize("path, name", [("/section_hang", "upstream"),
                                         ("/section_busy?s=30", "inference"),
                                         ("/section_block?s=30", "blocking load")])
@@ -107,8 +117,7 @@ def test_an_awaiting_section_is_cancelled_while_other_requests_are_served(asgi):
     hung.join(30)
     status, took = results["/section_hang?cap=2"]
     assert status == 504 and 1.9 <= took < 2 + MARGIN, (status, took)
-
-
+@BOTH_LOOPS
 def test_a_cancelled_section_whose_response_began_has_its_connection_closed(asgi):
     srv = asgi()
     pid = srv.get("/pid").text
@@ -118,6 +127,7 @@ def test_a_cancelled_section_whose_response_began_has_its_connection_closed(asgi
 
 
 # -- outside sections: as stock, with a 504 and the hook ---------------------------------
+@BOTH_LOOPS
 def test_blocking_the_loop_outside_sections_is_ended_at_timeout_with_a_504_and_the_hook(
         asgi, tmp_path):
     conf = tmp_path / "conf.py"
@@ -133,8 +143,7 @@ def test_blocking_the_loop_outside_sections_is_ended_at_timeout_with_a_504_and_t
     assert srv.wait_for_log(r"Worker \(pid:%s\) exited with code 1" % pid), srv.log()
     srv.wait_ready()
     assert srv.get("/pid").text != pid
-
-
+@BOTH_LOOPS
 def test_an_abort_answers_every_awaiting_request_and_leaves_the_queued_ones(asgi):
     srv = asgi()
     pid = srv.get("/pid").text
@@ -202,8 +211,7 @@ def test_sigterm_ends_an_open_section_at_the_graceful_limit_with_a_504(asgi):
     status, took = results["/section_hang?cap=60"]
     assert status == 504 and took < 0.5 + 2 + MARGIN, (status, took, srv.log())
     assert "graceful" in srv.log()
-
-
+@BOTH_LOOPS
 def test_sigterm_answers_a_request_that_uvicorns_drain_cancels(asgi):
     srv = asgi(args=["--graceful-timeout", "1"])    # (the drain ends before --timeout)
     pid = int(srv.get("/pid").text)
@@ -227,8 +235,7 @@ def test_fastapi_a_phased_lifespan_a_decorated_endpoint_and_a_capped_one(asgi):
     assert r.status_code == 504 and "section 'upstream' ran past its cap" in r.text, r.text
     assert srv.get("/predict?seconds=0").status_code == 200
     assert srv.get("/predict").status_code == 422    # (its own validation, as always)
-
-
+@BOTH_LOOPS
 def test_fastapi_a_lifespan_aborted_at_its_cap_is_restarted_not_a_failed_boot(asgi):
     pytest.importorskip("fastapi")
     # Starlette reports the abort's SystemExit as a failed startup: uvicorn would exit
@@ -238,8 +245,7 @@ def test_fastapi_a_lifespan_aborted_at_its_cap_is_restarted_not_a_failed_boot(as
     log = srv.log()     # (the next worker loads in 2.4 s)
     assert re.search(r"Worker \(pid:\d+\) exited with code 1", log), log
     assert "HEARTWORKER_STARTUP_CAP=4" in log and "Worker failed to boot" not in log, log
-
-
+@BOTH_LOOPS
 def test_fastapi_under_http_middleware_a_section_past_its_cap_gets_its_504(asgi):
     pytest.importorskip("fastapi")
     srv = asgi(app="tests.apps.fastapi_app:app", ready_path="/pid",
