@@ -155,8 +155,8 @@ def run(args):
         print("# (the uvicorn rows need heartworker[asgi]: not installed, left out)")
     for case, worker, timeout, path, reference, dies, target in CASES:
         app = {} if "Uvicorn" not in worker else {"app": ASGI_APP}
-        if app and not asgi:
-            continue
+        if app and (not asgi or args.quick and target is None):
+            continue        # (--quick, a smoke run: the uvicorn rows that end no worker)
         with common.servers([common.spec(worker, timeout=timeout, **app)]) as (srv,):
             results = [trial(srv, path, reference, dies) for _ in range(repeats)]
         client = [r[0] for r in results]

@@ -58,6 +58,8 @@ def test_a_lifespan_in_phases_keeps_its_stall_limit_with_progress(asgi):
                     "HEARTWORKER_STARTUP_STALL": "2"})
     assert srv.get("/pid").status_code == 200
     assert "WORKER TIMEOUT" not in srv.log() and "progress" not in srv.log(), srv.log()
+
+
 @BOTH_LOOPS
 def test_a_hung_lifespan_is_ended_at_the_startup_cap_naming_it_with_the_hook(asgi, tmp_path):
     conf = tmp_path / "conf.py"
@@ -117,6 +119,8 @@ def test_an_awaiting_section_is_cancelled_while_other_requests_are_served(asgi):
     hung.join(30)
     status, took = results["/section_hang?cap=2"]
     assert status == 504 and 1.9 <= took < 2 + MARGIN, (status, took)
+
+
 @BOTH_LOOPS
 def test_a_cancelled_section_whose_response_began_has_its_connection_closed(asgi):
     srv = asgi()
@@ -143,6 +147,8 @@ def test_blocking_the_loop_outside_sections_is_ended_at_timeout_with_a_504_and_t
     assert srv.wait_for_log(r"Worker \(pid:%s\) exited with code 1" % pid), srv.log()
     srv.wait_ready()
     assert srv.get("/pid").text != pid
+
+
 @BOTH_LOOPS
 def test_an_abort_answers_every_awaiting_request_and_leaves_the_queued_ones(asgi):
     srv = asgi()
@@ -201,25 +207,27 @@ def test_a_route_cap_holds_inside_the_request_limit(asgi):
 
 
 # -- the graceful stop -------------------------------------------------------------------
-def test_sigterm_ends_an_open_section_at_the_graceful_limit_with_a_504(asgi):
-    srv = asgi()
+def sigterm_during(srv, path):
+    """SIGTERM the worker 0.5 s into GET ``path``; return the request's (status, seconds)."""
     pid = int(srv.get("/pid").text)
-    hung, results = in_background(srv, "/section_hang?cap=60")
+    thread, results = in_background(srv, path)
     time.sleep(0.5)
     os.kill(pid, signal.SIGTERM)
-    hung.join(30)
-    status, took = results["/section_hang?cap=60"]
+    thread.join(30)
+    return results[path]
+
+
+def test_sigterm_ends_an_open_section_at_the_graceful_limit_with_a_504(asgi):
+    srv = asgi()
+    status, took = sigterm_during(srv, "/section_hang?cap=60")
     assert status == 504 and took < 0.5 + 2 + MARGIN, (status, took, srv.log())
     assert "graceful" in srv.log()
+
+
 @BOTH_LOOPS
 def test_sigterm_answers_a_request_that_uvicorns_drain_cancels(asgi):
     srv = asgi(args=["--graceful-timeout", "1"])    # (the drain ends before --timeout)
-    pid = int(srv.get("/pid").text)
-    waiting, results = in_background(srv, "/await?s=60")
-    time.sleep(0.5)
-    os.kill(pid, signal.SIGTERM)
-    waiting.join(30)
-    status, took = results["/await?s=60"]
+    status, took = sigterm_during(srv, "/await?s=60")
     assert status == 504 and took < 0.5 + 1 + MARGIN, (status, took, srv.log())
     assert "graceful stop ended it" in srv.log() and "Exception in ASGI" not in srv.log()
 
@@ -235,6 +243,8 @@ def test_fastapi_a_phased_lifespan_a_decorated_endpoint_and_a_capped_one(asgi):
     assert r.status_code == 504 and "section 'upstream' ran past its cap" in r.text, r.text
     assert srv.get("/predict?seconds=0").status_code == 200
     assert srv.get("/predict").status_code == 422    # (its own validation, as always)
+
+
 @BOTH_LOOPS
 def test_fastapi_a_lifespan_aborted_at_its_cap_is_restarted_not_a_failed_boot(asgi):
     pytest.importorskip("fastapi")
@@ -245,6 +255,8 @@ def test_fastapi_a_lifespan_aborted_at_its_cap_is_restarted_not_a_failed_boot(as
     log = srv.log()     # (the next worker loads in 2.4 s)
     assert re.search(r"Worker \(pid:\d+\) exited with code 1", log), log
     assert "HEARTWORKER_STARTUP_CAP=4" in log and "Worker failed to boot" not in log, log
+
+
 @BOTH_LOOPS
 def test_fastapi_under_http_middleware_a_section_past_its_cap_gets_its_504(asgi):
     pytest.importorskip("fastapi")
