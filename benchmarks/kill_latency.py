@@ -156,7 +156,7 @@ def run(args):
     for case, worker, timeout, path, reference, dies, target in CASES:
         app = {} if "Uvicorn" not in worker else {"app": ASGI_APP}
         if app and (not asgi or args.quick and target is None):
-            continue        # (--quick, a smoke run: the uvicorn rows that end no worker)
+            continue        # (--quick, a smoke run: not the uvicorn references, two deaths)
         with common.servers([common.spec(worker, timeout=timeout, **app)]) as (srv,):
             results = [trial(srv, path, reference, dies) for _ in range(repeats)]
         client = [r[0] for r in results]
