@@ -46,11 +46,6 @@ def found_in(exc, kind):
     return None
 
 
-def cancellation_in(exc):
-    """The :class:`SectionCapExceeded` that ``exc`` is or holds, or None."""
-    return found_in(exc, SectionCapExceeded)
-
-
 def answering_timeouts(app, worker, routes=None, limit=None):
     """Wrap the ASGI ``app`` for ``worker`` (its registry, log, abort cause): ``routes``,
     the route caps (or None); ``limit``, ``HEARTWORKER_REQUEST_TIMEOUT`` (or None).
@@ -116,7 +111,7 @@ def path_info(scope):
 def cause_of(worker, exc):
     """What a request ended by ``exc`` was ended by (its 504 names it), or None: ``exc``
     is the app's own."""
-    cancelled = cancellation_in(exc)
+    cancelled = found_in(exc, SectionCapExceeded)
     if cancelled is not None:
         return str(cancelled)
     cause = worker.abort_cause
