@@ -20,8 +20,11 @@ Websockets and the lifespan pass through as they are.
 import asyncio
 import sys
 
+from .lent import LENDER
 from .regions import nothing
 from .section import SectionCapExceeded
+
+_current_task = asyncio.current_task
 
 try:
     _GROUP = BaseExceptionGroup
@@ -82,6 +85,7 @@ def answering_timeouts(app, worker, routes=None, limit=None):
         if scope["type"] != "http":
             return await app(scope, receive, send)
         worker.requests_begun += 1
+        LENDER.set(_current_task())     # (its def endpoint's thread works for it: lent.py)
         try:
             return await served(scope, receive, send)
         except BaseException as exc:

@@ -121,6 +121,8 @@ class Request(Section):
 
     __slots__ = ()
     kind = "request"
+    lent = False            # a thread lent to a task, while inside its sections: lent.py
+    lender = None
     sending_noted = False   # past its limit while Gunicorn sent its response: logged once
 
     def __init__(self, registry, name, cap, owner, frame, started):

@@ -138,8 +138,8 @@ class Endings:
         # The serving thread may be busy in Python: without this, every write of the
         # log below would wait a 5 ms switch interval for the GIL.  The process is ending.
         sys.setswitchinterval(1e-4)
-        self.log.critical("%s; aborting worker (pid %s). Stack of the serving thread "
-                          "(most recent call last):\n%s", message, os.getpid(), format_stack(frame))
+        self.log.critical("%s; aborting worker (pid %s). Its stack (most recent call "
+                          "last):\n%s", message, os.getpid(), format_stack(frame))
         self.count("heartworker.abort")
         if self.publisher is not None:      # now: this guard looks no more
             self.publisher.write(self.publisher.state(self.registry, monotonic(), False),

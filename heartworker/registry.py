@@ -31,6 +31,7 @@ from time import monotonic
 
 from . import native
 from .deadline import INF
+from .lent import NOT_LENT
 from .queries import Queries
 from .regions import Regions, nothing, nothing_at
 from .requests import Requests
@@ -40,6 +41,15 @@ from .vouching import Vouching
 
 def nothing_left(section, exc):
     """(A cancelled section is left with ``exc``: it goes on as it is.)"""
+
+
+def no_lender():
+    return NOT_LENT
+
+
+def not_lent(ident):
+    """(The calling thread, not the serving one, runs no task's work: ``lent.py``.)"""
+    return False
 
 
 class Registry(Store, Queries, Requests, Vouching, Regions):
@@ -52,6 +62,10 @@ class Registry(Store, Queries, Requests, Vouching, Regions):
         self.owner = owner        # None: one owner, the serving thread itself
         self.get_ident = native.native_get_ident()
         self.requests = {}        # threaded worker: thread ident -> its Request
+        # The uvicorn worker: a thread pool's thread that runs a task's work is registered
+        # as it opens its first section (``lend(ident)``); ``lender()`` says whose work.
+        self.lend = not_lent
+        self.lender = no_lender
         self.enabled = True
         # store.py: the open sections.
         self.default_cap = default_cap

@@ -20,16 +20,27 @@ class Requests:
 
     # -- the threaded worker's requests ------------------------------------------
     def inside_sections(self, owner):
-        """``owner`` opened its first section: its request's deadline is its sections'."""
+        """``owner`` opened its first section: its request's deadline is its sections'
+        (a lent thread's: its task's request waits on it)."""
         request = self.requests.get(owner)
         if request is not None:
             request.deadline = INF
+            if request.lender is not None:
+                self.inside_sections(request.lender)
 
     def outside_sections(self, owner):
-        """``owner`` closed its last section: its request has ``--timeout`` from now."""
+        """``owner`` closed its last section: its request has ``--timeout`` from now (a
+        lent thread is no longer registered: its task's request has its limit again)."""
         request = self.requests.get(owner)
-        if request is not None:
-            request.deadline = monotonic() + request.cap
+        if request is None:
+            return
+        if request.lent:
+            del self.requests[owner]
+            request.closed = True
+            if request.lender is not None and request.lender not in self.stacks:
+                self.outside_sections(request.lender)
+            return
+        request.deadline = monotonic() + request.cap
 
     def request_begins(self, name, frame, cap):
         """The calling owner serves a request (``frame`` runs it) until request_done."""

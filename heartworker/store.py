@@ -16,6 +16,7 @@ import sys
 from time import monotonic
 
 from .deadline import INF, Section, stall_bound
+from .lent import NOT_LENT
 from .regions import release_frames
 
 
@@ -37,7 +38,8 @@ class Store:
         see regions.py) unless another region is in progress: no lock is taken.
         """
         ident = self.get_ident()
-        if not self.enabled or ident != self.tid and ident not in self.requests:
+        if not self.enabled or ident != self.tid and ident not in self.requests \
+                and not self.lend(ident):       # (a thread pool's, lent to a task: lent.py)
             return False
         if started is None:
             started = monotonic()
@@ -154,16 +156,25 @@ class Store:
         the heartbeat file is written at most once, and not at all while
         what it says already covers the new window.
         The serving thread's sections (the startup's) count an owner's progress
-        too: they enclose all the work (the uvicorn worker's lifespan task).
+        too: they enclose all the work (the uvicorn worker's lifespan task); so do
+        the sections of the task that a thread pool's thread works for (``lent.py``).
         """
         ident = self.get_ident()
-        if not self.enabled or ident != self.tid and ident not in self.requests:
+        if not self.enabled:
             return
-        owner = section.owner if section is not None else (
-            self.owner() if self.owner is not None else None)
+        if ident == self.tid or ident in self.requests:
+            owner = section.owner if section is not None else (
+                self.owner() if self.owner is not None else None)
+        else:
+            owner = self.lender()     # a thread lent to a task, outside its own sections:
+            if owner is NOT_LENT:     # the task's progress (lent.py)
+                return
         with self.region() as held:   # (not held: a finalizer or handler, mid-update here)
             if held:
                 self._progress(owner, note)
+                lent = self.requests.get(owner) if self.requests else None
+                if lent is not None and lent.lender is not None:
+                    self._progress(lent.lender, note)     # (a lent thread's: its task's too)
                 if owner is not None and None in self.stacks:
                     self._progress(None, note)
         if self.cancel_waits:     # (frames: this, long_section's or the module's progress)

@@ -23,15 +23,25 @@ At a section's deadline:
 Before the loop runs (the app's import), the loop thread is the one owner, as
 in every worker's startup (``worker.py``); the startup section stays the loop
 thread's until it closes, and the lifespan's task owns the sections it opens.
+
+A thread pool's thread that runs a task's work (a ``def`` endpoint) owns its
+sections as the threaded worker's request threads do (``lent.py``): its owner is
+its thread ident, and the guard deals with it as the threaded worker's flavour does
+(``threads.py``).
 """
 
 import asyncio
+import functools
 
+from . import native
 from .flavor import SyncFlavor
+from .lent import LENDER, lend, lender
 from .probe import LoopProbe
 from .section import SectionCapExceeded
+from .threads import ThreadFlavor
 
 _current_task = asyncio.current_task
+_get_ident = native.native_get_ident()
 
 
 def task_owner():
@@ -40,6 +50,24 @@ def task_owner():
         return _current_task()
     except RuntimeError:
         return None
+
+
+def owner_in(loop_thread):
+    """The flavour's ``owner()`` once the loop runs: the task running now; on the loop
+    thread outside a task (a callback), None; in any other thread, the thread's ident
+    (a thread lent to a task: ``lent.py``)."""
+    def section_owner():
+        try:
+            return _current_task()
+        except RuntimeError:          # no loop runs in this thread
+            ident = _get_ident()
+            return None if ident == loop_thread else ident
+    return section_owner
+
+
+def lent(owner):
+    """Is ``owner`` a thread lent to a task (a thread ident), not a task?"""
+    return type(owner) is int
 
 
 def coroutine_frames(task):
@@ -68,13 +96,18 @@ class TaskFlavor(LoopProbe):
         super().__init__()
         self.owner = None         # the loop thread, until attach() (see the module docstring)
         self.loop = None
+        self.threads = ThreadFlavor()     # the lent threads' (lent.py)
 
     def attach(self, registry, loop):
-        """``loop`` runs: its tasks own the sections they open from now on."""
+        """``loop`` runs (call on it, in its main task): its tasks own the sections they
+        open from now on, and the threads that run their work own theirs."""
         self.loop = loop
-        self.owner = task_owner
-        registry.adopt(task_owner, keep=True)
+        self.owner = owner_in(registry.tid)
+        registry.adopt(self.owner, keep=True)
         registry.leave_cancelled = self.leave_cancelled
+        registry.lend = functools.partial(lend, registry, self.threads.forget)
+        registry.lender = lender
+        LENDER.set(True)          # (every task made from now on, and its threads, see it)
 
     def post(self, callback, *args):
         self.loop.call_soon_threadsafe(callback, *args)
@@ -84,7 +117,9 @@ class TaskFlavor(LoopProbe):
             return None            # (no loop yet: the startup section vouches)
         return super().loop_seen(now)
 
-    running_inside = staticmethod(SyncFlavor.running_inside)
+    # The loop thread runs inside a section, or, while the loop is silent (a lent
+    # thread may hold the GIL), a lent thread does: the threaded worker's rule.
+    running_inside = staticmethod(ThreadFlavor.running_inside)
 
     @staticmethod
     def sending(request):
@@ -92,10 +127,26 @@ class TaskFlavor(LoopProbe):
         return False
 
     def interrupt(self, guard, section, running):
-        if running or section.owner is None:   # it blocks the loop: interrupt it there
+        owner = section.owner
+        if lent(owner):
+            self.threads.interrupt(guard, section, running)
+        elif running or owner is None:    # it blocks the loop: interrupt it there
             guard.signal_serving_thread()
         else:
-            self.post_cancel(section, self._cancel, guard, section.owner)
+            self.post_cancel(section, self._cancel, guard, owner)
+
+    def escalates(self, section, running):
+        if not lent(section.owner):
+            return super().escalates(section, running)
+        if not section.registry.inside_section(self.threads.frame_of(section), section):
+            # Its exception left the section (a lent thread has no request's end that
+            # closes what it left open: ThreadWorker.request_over): nothing to escalate.
+            section.registry.drop(section, 0)
+            return False
+        return self.threads.escalates(section, running)
+
+    def stock_would_kill(self, guard, section, now):
+        return not lent(section.owner) and super().stock_would_kill(guard, section, now)
 
     @staticmethod
     def _cancel(guard, task):               # runs in the loop
@@ -125,13 +176,19 @@ class TaskFlavor(LoopProbe):
 
     def frame_of(self, section):
         """Where a waiting section's task is suspended: its coroutines' frames (a list,
-        for the log: ``stacks.format_stack``)."""
-        return list(coroutine_frames(section.owner)) if section.owner is not None else None
+        for the log: ``stacks.format_stack``); a lent thread's current frame."""
+        owner = section.owner
+        if lent(owner):
+            return self.threads.frame_of(section)
+        return list(coroutine_frames(owner)) if owner is not None else None
 
     def waiting_frame(self, section):
         """The section's anchor, if its task is suspended inside it (else None: done, or
-        it left the section's code open in a suspended async generator)."""
+        it left the section's code open in a suspended async generator); a lent
+        thread's current frame."""
         task = section.owner
+        if lent(task):
+            return self.threads.frame_of(section)
         if task is None or task.done():
             return None
         for frame in coroutine_frames(task):

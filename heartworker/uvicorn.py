@@ -30,6 +30,7 @@ from uvicorn.server import Server
 from .asgi import answering_timeouts
 from .routes import Routes
 from .tasks import TaskFlavor
+from .threads import exit_past_threads
 from .worker import HeartWorkerMixin, graceful_limit
 
 
@@ -131,6 +132,16 @@ class UvicornWorker(HeartWorkerMixin, _AbortingUvicornWorker):
         await server.serve(sockets=self.sockets)
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+    def run(self):
+        try:
+            super().run()
+        finally:        # (a thread lent to a task, still inside its sections: lent.py)
+            reg = self.heart
+            if reg is not None:
+                exit_past_threads(self.log, [
+                    (f"{r.name}, {reg.stacks[r.owner][-1].label()}", r.started)
+                    for r in list(reg.requests.values()) if r.lent and reg.stacks.get(r.owner)])
 
     def handle_abort(self, sig, frame):
         """Gunicorn's abort: its ``SystemExit`` is raised where the loop thread was.

@@ -171,7 +171,7 @@ def test_an_arbiters_abort_past_an_enclosing_deadline_names_the_enclosing_sectio
 
 
 def test_an_arbiters_abort_finds_a_request_threads_section_on_its_own_stack():
-    from heartworker.gthread import ThreadFlavor
+    from heartworker.threads import ThreadFlavor
     reg = make_registry(owner=ThreadFlavor.owner)
     with a_request_thread(reg, 0.01):
         now = time.monotonic() + 1
@@ -294,7 +294,7 @@ def test_a_gil_hold_in_a_request_threads_section_that_silences_the_main_loop_kee
     # loop's last heartbeat, already past --timeout, over the standing vouch: the
     # arbiter killed the worker inside its section (found by benchmarks/soak.py).
     from heartworker.guard import Guard
-    from heartworker.gthread import LOOP_EVERY, ThreadFlavor
+    from heartworker.threads import LOOP_EVERY, ThreadFlavor
     reg = Registry(RecordingHeartbeat(), serving_tid=native.get_ident(), default_cap=60.0,
                    window=2.0, owner=ThreadFlavor.owner)
     flavor = ThreadFlavor()

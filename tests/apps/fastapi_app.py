@@ -1,8 +1,11 @@
 """A FastAPI app: a model loaded in phases in the lifespan, a long endpoint, a quick one.
 
 From the environment: ``APP_LIFESPAN_BLOCK_ONCE`` (seconds the first worker's lifespan
-blocks the loop: later workers load at once), ``APP_HTTP_MIDDLEWARE`` (Starlette's
-``BaseHTTPMiddleware``: endpoints run in a task of their own).
+blocks the loop: later workers load at once), ``APP_LIFESPAN_IN_THREAD`` (the phases load
+in the thread pool, each ``APP_LIFESPAN_PHASE`` seconds long), ``APP_HTTP_MIDDLEWARE``
+(Starlette's ``BaseHTTPMiddleware``: endpoints run in a task of their own).
+
+The ``def`` endpoints run in Starlette's thread pool: their sections are their threads'.
 """
 
 import asyncio
@@ -11,9 +14,11 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 import heartworker
 from heartworker import long_section
+from tests.apps.gil import hold_gil_at_least
 
 
 def first_worker():
@@ -28,10 +33,17 @@ def first_worker():
 async def lifespan(app):
     if os.environ.get("APP_LIFESPAN_BLOCK_ONCE") and first_worker():
         time.sleep(float(os.environ["APP_LIFESPAN_BLOCK_ONCE"]))
-    for phase in ("weights", "tokenizer", "warm-up"):
-        time.sleep(0.8)                       # blocks the loop, as a real load does
-        heartworker.progress(phase)
+    if os.environ.get("APP_LIFESPAN_IN_THREAD"):
+        await run_in_threadpool(load_in_phases, float(os.environ["APP_LIFESPAN_PHASE"]))
+    else:
+        load_in_phases(0.8)                   # blocks the loop, as a real load does
     yield
+
+
+def load_in_phases(seconds):
+    for phase in ("weights", "tokenizer", "warm-up"):
+        time.sleep(seconds)
+        heartworker.progress(phase)
 
 
 app = FastAPI(lifespan=lifespan)
@@ -61,7 +73,60 @@ async def hang():
 
 
 @app.get("/report")
-def report(seconds: float):
-    with long_section("report", cap=30):      # a def endpoint: Starlette's thread pool
+def report(seconds: float, cap: float = 30):
+    with long_section("report", cap=cap):     # a def endpoint: Starlette's thread pool
         time.sleep(seconds)
+    return {"seconds": seconds}
+
+
+@app.get("/report_busy")
+def report_busy(seconds: float, cap: float = 30):
+    with long_section("report", cap=cap):      # Python code, ended in its thread at the cap
+        busy(seconds)
+    return {"seconds": seconds}
+
+
+@app.get("/report_gil")
+def report_gil(seconds: float):
+    with long_section("report", cap=30):       # C code holding the GIL: the loop stalls too
+        hold_gil_at_least(seconds)
+    return {"seconds": seconds}
+
+
+@app.get("/export")
+@long_section("export", cap=1)
+def export(seconds: float):
+    busy(seconds)
+    return {"seconds": seconds}
+
+
+@app.get("/plain_def")
+def plain_def(seconds: float):
+    time.sleep(seconds)
+    return {"seconds": seconds}
+
+
+@app.get("/pipeline")
+@long_section("pipeline", cap=30, stall=1.5)
+async def pipeline(steps: int, quiet: bool = False):
+    return await run_in_threadpool(run_steps, steps, quiet)   # its thread reports progress
+
+
+def run_steps(steps, quiet):
+    for step in range(steps):
+        time.sleep(0.8)
+        if not quiet:
+            heartworker.progress(f"step {step}")
+    return {"steps": steps}
+
+
+def busy(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+@app.get("/report_gil_outside")
+def report_gil_outside(seconds: float):
+    hold_gil_at_least(seconds)
     return {"seconds": seconds}
