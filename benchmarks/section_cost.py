@@ -210,7 +210,36 @@ def version_cases(refs, quick):
 
             cases[f"{label}: outermost"] = outermost
             cases[f"{label}: nested (same cap)"] = nested_in
-        return measure(cases, quick, registries)
+        counts = {name: operations(loop) for name, loop in cases.items()}
+        return measure(cases, quick, registries), counts
+
+
+def operations(loop):
+    """(bytecodes, Python calls) that one more iteration of ``loop`` runs: counted by a
+    tracer (``f_trace_opcodes``), so noise does not touch them.  C calls (``monotonic``,
+    ``list.append``) are not counted; each is one bytecode of its caller's."""
+    counts = [0, 0]
+
+    def tracer(frame, event, arg):
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            counts[0] += 1
+        elif event == "call":
+            counts[1] += 1
+        return tracer
+
+    def run(n):
+        counts[:] = [0, 0]
+        sys.settrace(tracer)
+        try:
+            loop(n)
+        finally:
+            sys.settrace(None)
+        return list(counts)
+
+    run(2)      # (warm: a first iteration may take a path the others do not)
+    one, two = run(1), run(2)
+    return two[0] - one[0], two[1] - one[1]
 
 
 def gevent_cases(quick):
@@ -249,13 +278,18 @@ def run_gevent_part(quick):
 
 def run(args):
     if args.versions:
-        samples = version_cases(args.versions.split(","), args.quick)
+        samples, counts = version_cases(args.versions.split(","), args.quick)
         base = common.median(samples["nullcontext()"])
+        null_ops = counts["nullcontext()"]
         rows = [[name, f"{common.median(v):.3f}", f"{common.percentile(v, 90):.3f}",
-                 f"{common.median(v) - base:+.3f}"] for name, v in samples.items()]
+                 f"{common.median(v) - base:+.3f}",
+                 f"{counts[name][0] - null_ops[0]:+d}", f"{counts[name][1] - null_ops[1]:+d}"]
+                for name, v in samples.items()]
         print(f"# {len(samples['nullcontext()'])} batches per case, all versions in one "
-              f"process; times in microseconds per enter+exit")
-        common.table(["version: case", "median us", "p90 us", "vs nullcontext us"], rows)
+              f"process; times in microseconds per enter+exit; bytecodes and Python calls "
+              f"per enter+exit over nullcontext's (counted: no noise)")
+        common.table(["version: case", "median us", "p90 us", "vs nullcontext us",
+                      "bytecodes", "calls"], rows)
         print()
     rows = []
     results = [("sync", sync_cases(args.quick)), ("gevent", run_gevent_part(args.quick))]

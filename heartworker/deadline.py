@@ -129,10 +129,18 @@ class Request(Section):
         super().__init__(registry, name, cap, started + cap, owner, frame, started)
 
 
-def stall_bound(stack, deadline):
+def stall_bound(stack, deadline, last):
     """``deadline`` (the innermost's, clipped to the enclosing caps), or an earlier
-    stall deadline of the stack: a GIL-holding call must not outlive a stall."""
+    stall deadline of the stack: a GIL-holding call must not outlive a stall.
+
+    ``last`` is the stack's owner's last progress ``(monotonic, note)``, or None:
+    each section's ``stall_at``, computed here without its properties (this runs as
+    a section opens)."""
+    progress = -INF if last is None else last[0]
     for each in stack:
-        if each.stall is not None and each.stall_at < deadline:
-            deadline = each.stall_at
+        stall = each.stall
+        if stall is not None:
+            at = (each.started if each.started > progress else progress) + stall
+            if at < deadline:
+                deadline = at
     return deadline

@@ -67,7 +67,7 @@ class Rule:
     def open(self, registry, frame):
         """Open this rule's section for the calling owner, anchored at ``frame`` (see
         :func:`in_route_sections`); None if the owner is not one that vouches."""
-        section = Route(None, self.name, self.cap, INF, None, frame, 0.0, True, self.stall)
+        section = Route(registry, self.name, self.cap, INF, None, frame, 0.0, True, self.stall)
         return section if registry.add(section, frame) else None
 
     def matches(self, method, path):

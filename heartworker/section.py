@@ -128,12 +128,22 @@ def long_section(name=None, *, cap=None, stall=None, cancel=True):
 
     if type(name) is not str and name is not None and not isinstance(name, str):
         raise TypeError(f"long_section name must be a str, not {type(name).__name__}")
-    if cap is not None and (type(cap) is not float or not 0 < cap <= MAX_SECONDS):
-        cap = check_cap(cap)      # (its usual case, inline: this runs on every `with`)
+    if cap is not None:           # (check_cap's usual cases, inline: this runs on every `with`)
+        kind = type(cap)
+        if kind is int and 0 < cap <= MAX_SECONDS:
+            cap = float(cap)
+        elif kind is not float or not 0 < cap <= MAX_SECONDS:
+            cap = check_cap(cap)
     section = LongSection()       # (this function is its __init__: a class's costs more)
     section.name = name
     section.cap = cap
-    section.stall = stall if stall is None else check_stall(stall, cap)
+    if stall is not None:
+        kind = type(stall)
+        if (kind is float or kind is int) and 0 < stall <= (MAX_SECONDS if cap is None else cap):
+            stall = float(stall)
+        else:
+            stall = check_stall(stall, cap)
+    section.stall = stall
     section.cancel = cancel is True or bool(cancel)
     section._open = section.registry = None
     return section
@@ -161,8 +171,8 @@ class LongSection(Section):
                 self.registry = registry   # two threads never both take it)
                 record = self
             else:
-                record = Section(None, self.name, self.cap, INF, None, None, 0.0, self.cancel,
-                                 self.stall)
+                record = Section(registry, self.name, self.cap, INF, None, None, 0.0,
+                                 self.cancel, self.stall)
             self._open = record if registry.add(record, where) else _OUTSIDE
             if registry.cancel_waits:     # it came during the update: raise it here,
                 try:                      # before the `with` body (which will not run)

@@ -27,11 +27,11 @@ class Store:
     def enter(self, name, cap, frame, started=None, cancel=True, stall=None):
         """Open a new section for the current owner; return it, or None if it is not ours
         to vouch.  (``long_section`` opens itself: :meth:`add`.)"""
-        section = Section(None, name, cap, INF, None, frame, 0.0, cancel, stall)
+        section = Section(self, name, cap, INF, None, frame, 0.0, cancel, stall)
         return section if self.add(section, frame, started) else None
 
     def add(self, section, frame, started=None):
-        """Open ``section`` (its name, cap, stall and cancel set) with anchor ``frame``
+        """Open ``section`` (its registry, name, cap, stall and cancel set) with anchor ``frame``
         for the current owner; False if it is not ours to vouch (nothing is registered).
 
         The serving thread updates the sections in a *quick region* (``serving_in``,
@@ -46,7 +46,6 @@ class Store:
         cap = section.cap
         if cap is None:
             cap = section.cap = self.default_cap
-        section.registry = self
         section.owner = self.owner() if self.owner is not None else None
         section.frame = frame
         if section.name is None and frame is not None:
@@ -248,7 +247,7 @@ class Store:
         if section.stall is not None:
             self.stalls += 1
         if self.stalls:
-            deadline = stall_bound(stack, deadline)
+            deadline = stall_bound(stack, deadline, self.progressed.get(owner))
         # The standing vouch: exact with one owner, the latest deadline with
         # several (another owner's section is open, so a standing vouch exists).
         self._stand(deadline if len(stacks) == 1 else max(deadline, self.standing))
@@ -314,7 +313,7 @@ class Store:
         """The standing vouch once ``owner``'s ``stack`` changed: see ``_file``."""
         deadline = stack[-1].deadline
         if self.stalls:
-            deadline = stall_bound(stack, deadline)
+            deadline = stall_bound(stack, deadline, self.progressed.get(owner))
         return deadline if len(self.stacks) == 1 else max(deadline, self.standing)
 
     def file_fresh(self):

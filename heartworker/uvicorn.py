@@ -29,9 +29,10 @@ from uvicorn.server import Server
 
 from .asgi import answering_timeouts
 from .routes import Routes
+from .signals import graceful_limit
 from .tasks import TaskFlavor
 from .threads import exit_past_threads
-from .worker import HeartWorkerMixin, graceful_limit
+from .worker import HeartWorkerMixin
 
 
 class _AbortingUvicornWorker(uvicorn_worker.UvicornWorker):

@@ -3,12 +3,14 @@ the guard, and a heartbeat that carries the standing vouch.
 
 A heartworker worker is ``class X(HeartWorkerMixin, gunicorn_worker_class)``
 plus a *flavour* (see ``sync.py`` and ``ggevent.py``) that says who owns a
-section, whether the serving loop is free, and what to do at a deadline.
+section, whether the serving loop is free, and what to do at a deadline.  The
+mixin's parts: ``startup.py`` (the startup section, with which the registry and
+the guard begin) and ``signals.py`` (SIGTERM, SIGABRT, the cancellation signal).
 
 The startup section opens in the worker process the moment it is forked,
 before Gunicorn's ``post_fork`` hook runs: ``Arbiter.spawn_worker`` sets
 ``worker.pid = os.getpid()`` first thing in the child (Gunicorn 22 to 27), and
-the ``pid`` property below starts the heart there, so that sections and
+the ``pid`` property below starts the heart there (``startup.py``), so that sections and
 ``heartworker.progress()`` work in ``post_fork`` too.  No other process sets
 it to its own pid: not the arbiter, not a child that ``pre_fork`` forks.
 Until the worker class's own flavour is installed (in ``load_wsgi``, after
@@ -19,47 +21,24 @@ worker, and a deadline aborts the worker (nothing is served yet).
 import os
 import signal
 import sys
-from time import monotonic, time
+from time import monotonic
 
 from gunicorn.arbiter import Arbiter
 
 from . import native
-from .aftermath import Aftermath, ordinal, shared_dir
-from .answer import answer_timeout, noting_response
+from .aftermath import shared_dir
+from .answer import noting_response
 from .children import Children
 from .endings import CANCEL_SIGNAL
-from .flavor import SyncFlavor
-from .guard import Guard
 from .heartbeat import Heartbeat, check_protocol
-from .publish import Publisher, serves_status
-from .registry import Registry
-from .report import Watch, duration
 from .routes import Routes, hint, in_route_sections, leave_route, warnings
-from .section import SectionCapExceeded, activate
 from .regions import nothing
-from .settings import (CANCEL_GRACE, REQUEST_TIMEOUT, ROUTE_CAPS, STARTUP_CAP, STARTUP_STALL,
-                       SettingError, Settings, from_gunicorn, setting_name)
+from .settings import (REQUEST_TIMEOUT, ROUTE_CAPS, SettingError, Settings, from_gunicorn,
+                       setting_name)
+from .signals import Signals
+from .startup import Startup
 
-ANSWER_TIME = 1.0   # seconds an aborting worker has to answer before the arbiter's SIGKILL
-GRACEFUL_ANSWER = 0.25   # at most: sections end this much before --graceful-timeout runs out
 STOP_WAIT = 1.0     # seconds an exiting worker waits for its guard to finish a look
-
-
-def graceful_limit(graceful_timeout):
-    """Seconds from SIGTERM to the end of every section (the graceful stop's limit).
-
-    A little less than ``--graceful-timeout``: when the arbiter stops, it starts
-    that clock just before it sends SIGTERM and SIGKILLs its workers the moment
-    it runs out, so a section cancelled at exactly that time would lose its 504.
-    """
-    return graceful_timeout - min(GRACEFUL_ANSWER, graceful_timeout / 4.0)
-
-
-def guard_tick(timeout):
-    """How often the guard looks while a section is open: a quarter of ``--timeout``."""
-    if not timeout:
-        return 1.0
-    return min(1.0, max(0.05, timeout / 4.0))
 
 
 def handler_codes(except_for):
@@ -78,7 +57,7 @@ def handler_codes(except_for):
     return frozenset(codes)
 
 
-class HeartWorkerMixin:
+class HeartWorkerMixin(Startup, Signals):
 
     def make_flavor(self):
         raise NotImplementedError
@@ -230,43 +209,6 @@ class HeartWorkerMixin:
             app = in_route_sections(app, self.routes, self.heart, self.flavor.request_context)
         return app
 
-    def start_heart(self, frame):
-        """Create the registry and the guard, and open the startup section."""
-        self.heart_tried = True
-        if self.heart_problem is not None:
-            self.log.warning("heartworker: Gunicorn's heartbeat is not what heartworker knows "
-                             "(%s); sections will not vouch and this worker behaves as stock "
-                             "Gunicorn", self.heart_problem)
-            return
-        settings = self.heart_settings
-        if self.aftermath_dir is not None:
-            self.aftermath = Aftermath(self.aftermath_dir, self.log)
-            self.aftermath.startup_began(time() - (monotonic() - self.spawned_at))
-        flavor = SyncFlavor()        # until load_wsgi: the serving thread owns every section
-        registry = Registry(Heartbeat(self.tmp), serving_tid=native.get_ident(),
-                            default_cap=settings.section_cap, window=self.cfg.timeout,
-                            owner=flavor.owner)
-        registry.land = self.land_cancellation
-        guard = Guard(registry, flavor, tick=guard_tick(self.cfg.timeout), ppid=self.ppid,
-                      log=self.log, grace=settings.cancel_grace,
-                      grace_name=setting_name(CANCEL_GRACE, self.heart_given),
-                      aftermath=self.aftermath,
-                      graceful=self.cfg.graceful_timeout)
-        guard.route_hint = self.route_hint
-        self.request_limit, guard.request_limit_name = self.request_limit_of(settings)
-        guard.watch = Watch(registry, self.log, every=settings.report_every,
-                            window=self.cfg.timeout, count=guard.count)
-        # The startup began at spawn: time spent before the fork counts against its cap.
-        self.startup = registry.enter("startup", settings.startup_cap, frame,
-                                      started=self.spawned_at, stall=settings.startup_stall)
-        guard.startup, guard.startup_note = self.startup, self.startup_note
-        if self.aftermath_dir is not None and serves_status(self.aftermath_dir):
-            guard.publisher = Publisher(self.aftermath_dir, self)
-        guard.watch.startup = self.startup
-        self.heart, self.guard = registry, guard
-        guard.start()
-        activate(registry)
-
     def request_limit_of(self, settings):
         """(The seconds a request may run outside every section, or None: no limit of
         heartworker's; how the log names that limit).  ``HEARTWORKER_REQUEST_TIMEOUT``
@@ -275,30 +217,6 @@ class HeartWorkerMixin:
         if settings.request_timeout:
             return settings.request_timeout, setting_name(REQUEST_TIMEOUT, self.heart_given)
         return None, "--timeout"
-
-    def startup_note(self, setting, value):
-        """What the CRITICAL line of a startup past its cap (or stall limit) adds."""
-        n = self.aftermath.startup_failed() if self.aftermath is not None else 1
-        if setting == STARTUP_STALL:
-            advice, past = "between two progress reports", "without progress past its limit"
-        else:
-            advice, past = "to start", "past its cap"
-        name = setting_name(setting, self.heart_given)
-        return (f" ({name}={value:g}: raise it if the app legitimately takes longer "
-                f"{advice}); the {ordinal(n)} startup in a row {past}")
-
-    def startup_killed_note(self, elapsed):
-        """What the next worker logs of a startup killed with the GIL held, ``elapsed``
-        seconds after it began: the cap's note if that had passed, else what may have."""
-        settings, given = self.heart_settings, self.heart_given
-        if elapsed >= settings.startup_cap:
-            return self.startup_note(STARTUP_CAP, settings.startup_cap)
-        stall = "" if settings.startup_stall is None else (
-            f" or its stall limit ({setting_name(STARTUP_STALL, given)}="
-            f"{settings.startup_stall:g})")
-        return (f", {elapsed:.1f} s after it began, within its cap "
-                f"({setting_name(STARTUP_CAP, given)}={settings.startup_cap:g}): past the "
-                f"deadline of a section opened in it{stall}")
 
     def handle_request(self, *args):
         return self.serve(super().handle_request, args)
@@ -362,26 +280,6 @@ class HeartWorkerMixin:
             "route_caps" in self.cfg.settings and not self.heart_settings.route_caps)
         return hint(method, path, launcher)
 
-    # Does the startup end as Gunicorn's run() begins?  (The uvicorn worker's ends once
-    # the ASGI lifespan startup has, in run().)
-    startup_ends_at_run = True
-
-    def end_startup(self):
-        """The app is ready to serve: close the startup section, log how long it took."""
-        startup = self.startup
-        if startup is None:
-            return
-        self.heart.exit(startup)
-        self.startup = None
-        if self.aftermath is not None:
-            self.aftermath.startup_done()
-        took = self.startup_took = monotonic() - startup.started
-        self.status_changed()
-        self.log.info("heartworker: startup took %s (cap %s)", duration(took),
-                      duration(startup.cap), extra={
-                          "metric": "heartworker.startup", "value": round(took * 1000),
-                          "mtype": "timer" if hasattr(self.log, "timer") else "histogram"})
-
     def run(self):
         if self.startup_ends_at_run:
             self.end_startup()
@@ -398,104 +296,3 @@ class HeartWorkerMixin:
             self.heart.beat(super().notify)
         else:
             super().notify()
-
-    def handle_exit(self, sig, frame):
-        super().handle_exit(sig, frame)
-        self.stopping()
-
-    def stopping(self):
-        """The graceful stop began (SIGTERM): no section is vouched for past
-        ``--graceful-timeout`` from now.  Safe in a signal handler."""
-        self.status_changed()
-        if self.heart is not None:
-            self.heart.set_limit(monotonic() + graceful_limit(self.cfg.graceful_timeout))
-
-    # Does the worker's own handle_abort log the stack the abort's signal found? (gevent's)
-    logs_abort_stack = False
-    # Does faulthandler dump every thread at SIGABRT, or the serving one? (aftermath.py)
-    dump_all_threads = False
-    # Does the arbiter end a request outside sections at --timeout, whatever a longer
-    # HEARTWORKER_REQUEST_TIMEOUT says?  (The sync worker's: its loop is the request's.)
-    request_limit_ends_first = True
-
-    def give_answer_time(self, now):
-        """Keep the arbiter's SIGKILL off for ``ANSWER_TIME``: the first thing an abort does.
-
-        The arbiter sends SIGKILL at its next look if the heartbeat is still
-        stale, and it looks again at every signal it gets (a worker's exit):
-        often milliseconds after its SIGABRT, before this abort has answered.
-        Stock waits for that look too.  Safe in a signal handler; nothing is
-        vouched for after it."""
-        if self.heart is not None and self.cfg.timeout:
-            self.heart.aborting(now - self.cfg.timeout + ANSWER_TIME)
-
-    def handle_abort(self, sig, frame):
-        guard = self.guard
-        now = monotonic()
-        self.give_answer_time(now)
-        # The raw dump faulthandler just wrote, taken first (a SIGKILL from here on must
-        # not have the next worker count this startup's end once more).
-        dump = self.aftermath.take_own() if self.aftermath is not None else ""
-        threads = self.flavor.frames_at_abort() if self.flavor is not None else None
-        if guard is not None and guard.aborting:
-            self.abort_cause = guard.abort_cause      # (the guard logged the stack)
-        else:       # the arbiter's: a section past its deadline means the GIL was held
-            late = self.heart.past_deadline(frame, now, threads) if self.heart else None
-            if late is not None:
-                self.abort_cause = guard.arbiter_cause(late, now)
-            elif threads is None:
-                self.abort_cause = f"the request ran longer than --timeout ({self.cfg.timeout:g} s)"
-                self.abort_outside = self.startup is None
-            else:           # the threaded worker's loop notifies whatever its threads do
-                self.abort_cause = (f"Gunicorn's main loop did not notify within --timeout "
-                                    f"({self.cfg.timeout:g} s)")
-            # Python runs the abort: in a request's code a readable traceback is logged
-            # (answer.py; gevent's handle_abort), and the dump would print the same
-            # stacks again.  No traceback shows the startup's or the request threads'.
-            if dump and not self.logs_abort_stack and (self.startup is not None
-                                                       or threads is not None):
-                self.log.error("heartworker: worker (pid %s) aborted by the arbiter: %s. Its "
-                               "stacks when it got SIGABRT (most recent call first):\n%s",
-                               os.getpid(), self.abort_cause, dump)
-        super().handle_abort(sig, frame)
-
-    def handle_cancel(self, sig, frame):
-        """CANCEL_SIGNAL: raise SectionCapExceeded if ``frame`` runs a cancelled section's code."""
-        if self.heart is not None:
-            self.land_cancellation(frame)
-
-    def land_cancellation(self, frame):
-        """Raise SectionCapExceeded here if ``frame`` (this thread's code) is in a cancelled section.
-
-        Only inside it, never in heartworker's own bookkeeping, never while a
-        cancellation is being handled here (a ``finally`` or ``except`` block as
-        one unwinds: the guard sends the signal again while it runs on), and
-        never once the worker is being aborted (it would replace the abort's
-        SystemExit).  A signal that finds the thread in the bookkeeping is not
-        lost: it is landed where the bookkeeping returns to the section's code
-        (``long_section.__enter__``/``__exit__``, ``progress``), so that code
-        that spends most of its time entering and leaving sections is ended as
-        surely as any other.
-        """
-        reg = self.heart
-        if self.abort_cause is not None:
-            return                  # the worker is being aborted: its SystemExit must unwind
-        if not reg.interruptible(frame):
-            reg.cancel_waits = True
-            return
-        reg.cancel_waits = False
-        if isinstance(sys.exc_info()[1], SectionCapExceeded):
-            return                  # one is being handled here: after it, if still due
-        why = self.guard.take_cancellation(reg.owner() if reg.owner else None, frame)
-        if why is not None:
-            raise SectionCapExceeded(why)
-
-    def handle_error(self, req, client, addr, exc):
-        if req is not None:
-            if isinstance(exc, SectionCapExceeded):
-                return answer_timeout(self, req, client, addr, str(exc), raised=exc)
-            if isinstance(exc, SystemExit) and self.abort_cause is not None:
-                by_arbiter = self.guard is None or not self.guard.aborting
-                return answer_timeout(self, req, client, addr, self.abort_cause,
-                                      exc if by_arbiter else None, raised=exc)
-        return super().handle_error(req, client, addr, exc)

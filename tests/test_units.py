@@ -19,7 +19,7 @@ from heartworker.registry import Registry
 from heartworker.section import activate
 from heartworker.settings import SECTION_CAP, STARTUP_CAP, SettingError, Settings, parse_seconds
 from heartworker.vouching import vouch
-from heartworker.worker import guard_tick
+from heartworker.startup import guard_tick
 
 
 class RecordingHeartbeat:
