@@ -317,7 +317,7 @@ class Guard(Endings, Messages):
             if reg.inside_section(frame, candidate) or \
                     reg.inside_section(self.flavor.waiting_frame(candidate), candidate):
                 return candidate
-            if isinstance(candidate, Request):
+            if isinstance(candidate, Request) or candidate.closed:
                 return None       # it ended while the guard looked: nothing to do
             self.log.warning("heartworker: section %s passed its deadline (%.2f s elapsed, cap "
                              "%g s) but its code is not running (left open in a suspended "

@@ -19,12 +19,14 @@ of the task that lent it (and for the startup's).
 
 A thread the app starts itself (``threading.Thread``; an executor given to
 ``loop.run_in_executor``, which does not copy the context) runs without the
-variable: its sections vouch for nothing, as an app's own thread's do in the other
-workers.
+variable, and a thread that runs an event loop of its own (``asyncio.run`` in a
+``def`` endpoint) is not lent: their sections vouch for nothing, as an app's own
+thread's do in the other workers.
 """
 
 import contextvars
 import threading
+from asyncio import _get_running_loop
 from time import monotonic
 
 from .deadline import INF, Request
@@ -64,8 +66,8 @@ def lend(registry, forget, ident):
     it now owns its sections.  Called by the registry as the thread opens its first;
     ``forget(ident)`` drops what the guard noted of the thread's last registration."""
     owner = lender()
-    if owner is NOT_LENT:
-        return False
+    if owner is NOT_LENT or _get_running_loop() is not None:
+        return False              # (a loop of its own, asyncio.run() in a def endpoint: not ours)
     thread = LentThread(registry, threading.current_thread().name, ident, owner)
     with registry.region() as held:
         if held:

@@ -37,8 +37,10 @@ class Requests:
         if request.lent:
             del self.requests[owner]
             request.closed = True
-            if request.lender is not None and request.lender not in self.stacks:
-                self.outside_sections(request.lender)
+            lender = request.lender
+            if lender is not None and lender not in self.stacks and not any(
+                    other.lender is lender for other in self.requests.values()):
+                self.outside_sections(lender)     # (nothing of its is inside a section now)
             return
         request.deadline = monotonic() + request.cap
 

@@ -161,19 +161,22 @@ class Store:
         ident = self.get_ident()
         if not self.enabled:
             return
+        if ident == self.tid:
+            lender = NOT_LENT
+        else:
+            lender = self.lender()    # a thread lent to a task: the task's progress too
+            if lender is NOT_LENT and ident not in self.requests:
+                return
         if ident == self.tid or ident in self.requests:
             owner = section.owner if section is not None else (
                 self.owner() if self.owner is not None else None)
         else:
-            owner = self.lender()     # a thread lent to a task, outside its own sections:
-            if owner is NOT_LENT:     # the task's progress (lent.py)
-                return
+            owner = lender            # (a lent thread outside its own sections)
         with self.region() as held:   # (not held: a finalizer or handler, mid-update here)
             if held:
                 self._progress(owner, note)
-                lent = self.requests.get(owner) if self.requests else None
-                if lent is not None and lent.lender is not None:
-                    self._progress(lent.lender, note)     # (a lent thread's: its task's too)
+                if lender is not NOT_LENT and lender is not None and lender is not owner:
+                    self._progress(lender, note)
                 if owner is not None and None in self.stacks:
                     self._progress(None, note)
         if self.cancel_waits:     # (frames: this, long_section's or the module's progress)

@@ -32,6 +32,8 @@ its thread ident, and the guard deals with it as the threaded worker's flavour d
 
 import asyncio
 import functools
+import inspect
+import sys
 
 from . import native
 from .flavor import SyncFlavor
@@ -42,6 +44,7 @@ from .threads import ThreadFlavor
 
 _current_task = asyncio.current_task
 _get_ident = native.native_get_ident()
+_COROUTINE = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
 def task_owner():
@@ -53,16 +56,27 @@ def task_owner():
 
 
 def owner_in(loop_thread):
-    """The flavour's ``owner()`` once the loop runs: the task running now; on the loop
-    thread outside a task (a callback), None; in any other thread, the thread's ident
-    (a thread lent to a task: ``lent.py``)."""
+    """The flavour's ``owner()`` once the loop runs: on the loop thread, the task running
+    now (None outside a task: a callback, the loop closed); in any other thread, the
+    thread's ident (a thread lent to a task: ``lent.py``), whatever loop it may run."""
     def section_owner():
+        ident = _get_ident()
+        if ident != loop_thread:
+            return ident
         try:
             return _current_task()
-        except RuntimeError:          # no loop runs in this thread
-            ident = _get_ident()
-            return None if ident == loop_thread else ident
+        except RuntimeError:          # the loop has closed
+            return None
     return section_owner
+
+
+def runs_a_task(frame):
+    """Is ``frame``'s stack (the loop thread's) running a coroutine: a task's code?"""
+    while frame is not None:
+        if frame.f_code.co_flags & _COROUTINE:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def lent(owner):
@@ -117,9 +131,24 @@ class TaskFlavor(LoopProbe):
             return None            # (no loop yet: the startup section vouches)
         return super().loop_seen(now)
 
-    # The loop thread runs inside a section, or, while the loop is silent (a lent
-    # thread may hold the GIL), a lent thread does: the threaded worker's rule.
-    running_inside = staticmethod(ThreadFlavor.running_inside)
+    def running_inside(self, registry, frame, loop_seen):
+        """Is the loop thread (its current ``frame``) running code inside an open section,
+        or, while the loop is silent although it runs no task, a lent thread that has
+        run since the last look?
+
+        A lent thread that holds the GIL inside its section keeps the loop from
+        answering: the standing vouch must stand then (the threaded worker's rule,
+        ``threads.py``).  Not when the loop thread runs a task's code outside sections
+        (that task blocks the loop: stock's kill at ``--timeout``), nor for a lent
+        thread that has not run (asleep in its section: the GIL is another's)."""
+        anchors = registry.anchors()
+        if registry.inside(frame, anchors):
+            return True
+        if loop_seen is not None or not registry.requests or runs_a_task(frame):
+            return False
+        frames = sys._current_frames()
+        return any(registry.inside(frames.get(owner), anchors) and self.threads.has_run(owner)
+                   for owner in list(registry.stacks) if lent(owner))
 
     @staticmethod
     def sending(request):

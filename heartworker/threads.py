@@ -62,6 +62,7 @@ class ThreadFlavor:
         self.beat_at = monotonic()
         self.in_server = set()      # owners whose cancellation waits: the thread is in Gunicorn
         self.waiting = {}           # owner -> (first try, its CPU time then, running?)
+        self.cpu_seen = {}          # owner -> its CPU time at the last has_run()
         self.retiring_until = 0.0   # set by retire(): the graceful stop's end
 
     def loop_seen(self, now):
@@ -94,6 +95,15 @@ class ThreadFlavor:
         """The thread's request is over: what was noted about its cancellation goes."""
         self.in_server.discard(owner)
         self.waiting.pop(owner, None)
+        self.cpu_seen.pop(owner, None)
+
+    def has_run(self, owner):
+        """Has thread ``owner`` run since this was last asked (its CPU time grew)?  Yes,
+        the first time."""
+        now = thread_cpu(owner)
+        before = self.cpu_seen.get(owner)
+        self.cpu_seen[owner] = now
+        return before is None or now > before
 
     def sending(self, request):
         """Is the request's thread in Gunicorn's own code (sending the response)?"""

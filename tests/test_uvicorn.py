@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from tests.timing import in_background, timed_get
+from tests.timing import in_background, killed, timed_get
 
 pytest.importorskip("uvicorn_worker", reason="heartworker[asgi] is not installed")
 
@@ -317,9 +317,30 @@ def test_a_def_endpoint_holding_the_gil_outside_sections_is_killed_as_in_stock(a
     assert srv.get("/pid").json()["pid"] != pid
 
 
+def test_a_loop_blocked_outside_sections_is_killed_while_a_thread_sleeps_in_one(asgi):
+    srv = fastapi(asgi)
+    pid = srv.get("/pid").json()["pid"]
+    in_background(srv, "/report?seconds=25&cap=28")         # asleep in its section
+    time.sleep(0.5)
+    status, took = timed_get(srv, "/block?seconds=30")      # a task blocks the loop
+    assert killed(status) and took < TIMEOUT + MARGIN, (status, took, srv.log())
+    srv.wait_ready()
+    assert srv.get("/pid").json()["pid"] != pid
+
+
+def test_a_def_endpoints_own_event_loop_is_not_lent_its_sections_vouch_for_nothing(asgi):
+    srv = fastapi(asgi)
+    pid = srv.get("/pid").json()["pid"]
+    status, took = timed_get(srv, "/foreign?seconds=2&cap=0.5")
+    assert status == 200, (status, took, srv.log())
+    assert srv.get("/pid").json()["pid"] == pid and "foreign" not in srv.log()
+
+
 def test_a_thread_pool_threads_section_keeps_its_requests_limit_away(asgi):
     srv = fastapi(asgi, env={"HEARTWORKER_REQUEST_TIMEOUT": "1.5"})
     status, took = timed_get(srv, "/report_busy?seconds=3")     # in its section
+    assert status == 200, (status, took, srv.log())
+    status, took = timed_get(srv, "/two_threads?first=0.5&second=3")   # one ends first
     assert status == 200, (status, took, srv.log())
     status, took = timed_get(srv, "/plain_def?seconds=30")       # outside every section
     assert status == 504 and took < 1.5 + MARGIN, (status, took, srv.log())
@@ -331,6 +352,11 @@ def test_progress_from_the_thread_pool_counts_for_the_awaiting_tasks_section(asg
     assert r.status_code == 200 and r.json() == {"steps": 4}, (r.text, srv.log())
     r = srv.get("/pipeline?steps=4&quiet=1")
     assert r.status_code == 504 and "stall" in r.text, r.text
+    # A thread still registered for a section left open (a suspended generator): its
+    # progress is for the task it works for now (anyio reuses its idle threads).
+    assert srv.get("/leave_open").status_code == 200
+    r = srv.get("/pipeline?steps=4")
+    assert r.status_code == 200, (r.text, srv.log())
 
 
 def test_a_lifespan_loading_in_the_thread_pool_beats_the_startup_stall(asgi):

@@ -130,3 +130,42 @@ def busy(seconds):
 def report_gil_outside(seconds: float):
     hold_gil_at_least(seconds)
     return {"seconds": seconds}
+
+
+@app.get("/block")
+async def block(seconds: float):
+    time.sleep(seconds)                          # blocks the loop outside every section
+    return {"seconds": seconds}
+
+
+@app.get("/foreign")
+def foreign(seconds: float, cap: float):
+    asyncio.run(in_foreign_loop(seconds, cap))   # a loop of the thread's own: not lent
+    return {"seconds": seconds}
+
+
+async def in_foreign_loop(seconds, cap):
+    async with long_section("foreign", cap=cap):
+        await asyncio.sleep(seconds)
+
+
+_left_open = []
+
+
+@app.get("/leave_open")
+def leave_open():
+    steps = in_section_then_suspended()
+    next(steps)
+    _left_open.append(steps)                     # its thread's section stays open
+    return {}
+
+
+def in_section_then_suspended():
+    with long_section("left open", cap=30):
+        yield
+
+
+@app.get("/two_threads")
+async def two_threads(first: float, second: float):
+    await asyncio.gather(asyncio.to_thread(report, first), asyncio.to_thread(report, second))
+    return {"seconds": max(first, second)}
