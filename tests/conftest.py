@@ -1,6 +1,12 @@
+import os
+
 import pytest
 
+from tests.apps import gil
 from tests.gunicorn_server import Server
+
+# The servers the tests start take this process's measure of the GIL holds' speed.
+os.environ.setdefault(gil.GIL_RATE_VARIABLE, repr(gil.SECONDS_PER_ITEM))
 
 
 def pytest_collection_modifyitems(items):
