@@ -253,7 +253,14 @@ class Store:
             deadline = stall_bound(stack, deadline, self.progressed.get(owner))
         # The standing vouch: exact with one owner, the latest deadline with
         # several (another owner's section is open, so a standing vouch exists).
-        self._stand(deadline if len(stacks) == 1 else max(deadline, self.standing))
+        # (``_stand``, inline: this runs on every entry.)
+        standing = deadline if len(stacks) == 1 else max(deadline, self.standing)
+        if standing > self.limit:
+            standing = self.limit
+        self.standing = standing
+        written = self.written
+        if written is None or not standing - self.window <= written <= standing:
+            self._write(standing)
 
     def _close(self, section):
         if section.closed:
