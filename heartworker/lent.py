@@ -11,7 +11,7 @@ While such a thread is inside its own sections it is registered as the threaded
 worker's request threads are (``requests.py``): it owns its sections, the guard
 sees whether its code runs inside them, and at a section's deadline the
 cancellation is raised in the thread (``PyThreadState_SetAsyncExc``, as in
-``gthread.py``: at its next bytecode, or when a blocking call returns).  The
+``threads.py``: at its next bytecode, or when a blocking call returns).  The
 exception leaves the ``def`` endpoint, the awaiting task gets it, and its client
 the ``504``.  The registration ends with the thread's last section.  Its progress
 (:func:`heartworker.progress`), in a section or not, also counts for the sections

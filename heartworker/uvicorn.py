@@ -93,6 +93,16 @@ def leaving(task):
     return getattr(task, "_must_cancel", False) or (waiter is not None and waiter.cancelled())
 
 
+def stuck_threads(registry):
+    """The lent threads still inside a section as the worker exits: [(what, since)]."""
+    stuck = []
+    for thread in list(registry.requests.values()):
+        stack = list(registry.stacks.get(thread.owner, ())) if thread.lent else ()
+        if stack:
+            stuck.append((f"{thread.name}, {stack[-1].label()}", thread.started))
+    return stuck
+
+
 def _leave(worker, exit_):
     """The abort's ``SystemExit`` once more, from a callback of the loop: it leaves the
     loop unless it has already (then the loop is closing: nothing to do)."""
@@ -138,11 +148,8 @@ class UvicornWorker(HeartWorkerMixin, _AbortingUvicornWorker):
         try:
             super().run()
         finally:        # (a thread lent to a task, still inside its sections: lent.py)
-            reg = self.heart
-            if reg is not None:
-                exit_past_threads(self.log, [
-                    (f"{r.name}, {reg.stacks[r.owner][-1].label()}", r.started)
-                    for r in list(reg.requests.values()) if r.lent and reg.stacks.get(r.owner)])
+            if self.heart is not None:
+                exit_past_threads(self.log, stuck_threads(self.heart))
 
     def handle_abort(self, sig, frame):
         """Gunicorn's abort: its ``SystemExit`` is raised where the loop thread was.
