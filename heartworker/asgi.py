@@ -20,7 +20,7 @@ Websockets and the lifespan pass through as they are.
 import asyncio
 import sys
 
-from .lent import LENDER
+from .lent import lending_from
 from .regions import nothing
 from .section import SectionCapExceeded
 
@@ -62,6 +62,8 @@ def answering_timeouts(app, worker, routes=None, limit=None):
         method, path, heart = scope["method"], path_info(scope), worker.heart
         here = sys._getframe()
         route = request = None
+        task = _current_task()
+        lending_from(task, task)    # (a thread it hands work to works for it: lent.py)
         if limit is not None:       # (first: the route's section is inside the request)
             request = heart.request_begins(f"{method} {path}", here, limit)
         if match is not None:
@@ -85,7 +87,6 @@ def answering_timeouts(app, worker, routes=None, limit=None):
         if scope["type"] != "http":
             return await app(scope, receive, send)
         worker.requests_begun += 1
-        LENDER.set(_current_task())     # (its def endpoint's thread works for it: lent.py)
         try:
             return await served(scope, receive, send)
         except BaseException as exc:

@@ -122,7 +122,7 @@ class Request(Section):
     __slots__ = ()
     kind = "request"
     lent = False            # a thread lent to a task, while inside its sections: lent.py
-    lender = None
+    waits = None            # (a lent thread's: the request's task whose limit waits on it)
     sending_noted = False   # past its limit while Gunicorn sent its response: logged once
 
     def __init__(self, registry, name, cap, owner, frame, started):

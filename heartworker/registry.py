@@ -31,7 +31,6 @@ from time import monotonic
 
 from . import native
 from .deadline import INF
-from .lent import NOT_LENT
 from .queries import Queries
 from .regions import Regions, nothing, nothing_at
 from .requests import Requests
@@ -43,8 +42,9 @@ def nothing_left(section, exc):
     """(A cancelled section is left with ``exc``: it goes on as it is.)"""
 
 
-def no_lender():
-    return NOT_LENT
+def no_lending():
+    """(No thread runs a task's work: ``lent.py``.)"""
+    return None
 
 
 def not_lent(ident):
@@ -63,9 +63,11 @@ class Registry(Store, Queries, Requests, Vouching, Regions):
         self.get_ident = native.native_get_ident()
         self.requests = {}        # threaded worker: thread ident -> its Request
         # The uvicorn worker: a thread pool's thread that runs a task's work is registered
-        # as it opens its first section (``lend(ident)``); ``lender()`` says whose work.
+        # as it opens its first section (``lend(ident)``); ``lending()`` says whose work
+        # (lent.py), and ``entered_async()`` is told of each ``async with long_section``.
         self.lend = not_lent
-        self.lender = no_lender
+        self.lending = no_lending
+        self.entered_async = nothing
         self.enabled = True
         # store.py: the open sections.
         self.default_cap = default_cap

@@ -21,27 +21,28 @@ class Requests:
     # -- the threaded worker's requests ------------------------------------------
     def inside_sections(self, owner):
         """``owner`` opened its first section: its request's deadline is its sections'
-        (a lent thread's: its task's request waits on it)."""
+        (a lent thread's: the request it works for waits on it)."""
         request = self.requests.get(owner)
         if request is not None:
             request.deadline = INF
-            if request.lender is not None:
-                self.inside_sections(request.lender)
+            waiting = self.requests.get(request.waits) if request.waits is not None else None
+            if waiting is not None:
+                waiting.deadline = INF
 
     def outside_sections(self, owner):
-        """``owner`` closed its last section: its request has ``--timeout`` from now (a
-        lent thread is no longer registered: its task's request has its limit again)."""
+        """``owner`` closed its last section: its request has its limit again, from now (a
+        lent thread is no longer registered, and the request it worked for has its own
+        limit again)."""
         request = self.requests.get(owner)
-        if request is None:
-            return
-        if request.lent:
+        if request is not None and request.lent:
             del self.requests[owner]
             request.closed = True
-            lender = request.lender
-            if lender is not None and lender not in self.stacks and not any(
-                    other.lender is lender for other in self.requests.values()):
-                self.outside_sections(lender)     # (nothing of its is inside a section now)
-            return
+            owner = request.waits
+            if owner is None or owner in self.stacks:
+                return
+            request = self.requests.get(owner)
+        if request is None or any(other.waits is owner for other in self.requests.values()):
+            return                        # (a thread that works for it is inside a section)
         request.deadline = monotonic() + request.cap
 
     def request_begins(self, name, frame, cap):

@@ -195,8 +195,12 @@ class LongSection(Section):
         return False
 
     async def __aenter__(self):
-        """``async with long_section(...)``: the task that enters it owns the section."""
-        return self.__enter__()
+        """``async with long_section(...)``: the task that enters it owns the section (and
+        a thread it hands work to works for it: the uvicorn worker's ``lent.py``)."""
+        entered = self.__enter__()
+        if self._open is not _OUTSIDE:
+            self._open.registry.entered_async()
+        return entered
 
     async def __aexit__(self, exc_type, exc, tb):
         return self.__exit__(exc_type, exc, tb)

@@ -16,7 +16,6 @@ import sys
 from time import monotonic
 
 from .deadline import INF, Section, stall_bound
-from .lent import NOT_LENT
 from .regions import release_frames
 
 
@@ -156,28 +155,26 @@ class Store:
         what it says already covers the new window.
         The serving thread's sections (the startup's) count an owner's progress
         too: they enclose all the work (the uvicorn worker's lifespan task); so do
-        the sections of the task that a thread pool's thread works for (``lent.py``).
+        the sections of the tasks that a thread pool's thread works for (``lent.py``).
         """
         ident = self.get_ident()
         if not self.enabled:
             return
-        if ident == self.tid:
-            lender = NOT_LENT
-        else:
-            lender = self.lender()    # a thread lent to a task: the task's progress too
-            if lender is NOT_LENT and ident not in self.requests:
-                return
+        lending = None if ident == self.tid else self.lending()   # (a thread's: lent.py)
         if ident == self.tid or ident in self.requests:
-            owner = section.owner if section is not None else (
-                self.owner() if self.owner is not None else None)
+            owners = [section.owner if section is not None else (
+                self.owner() if self.owner is not None else None)]
+        elif lending is None:
+            return
         else:
-            owner = lender            # (a lent thread outside its own sections)
+            owners = []               # (a lent thread outside its own sections)
+        if lending is not None:
+            owners += lending.owners()
         with self.region() as held:   # (not held: a finalizer or handler, mid-update here)
             if held:
-                self._progress(owner, note)
-                if lender is not NOT_LENT and lender is not None and lender is not owner:
-                    self._progress(lender, note)
-                if owner is not None and None in self.stacks:
+                for owner in owners:
+                    self._progress(owner, note)
+                if None not in owners and None in self.stacks:
                     self._progress(None, note)
         if self.cancel_waits:     # (frames: this, long_section's or the module's progress)
             self.land(sys._getframe(2))

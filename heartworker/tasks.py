@@ -37,7 +37,7 @@ import sys
 
 from . import native
 from .flavor import SyncFlavor
-from .lent import LENDER, lend, lender
+from .lent import LENDER, lend, lending_from
 from .probe import LoopProbe
 from .section import SectionCapExceeded
 from .threads import ThreadFlavor
@@ -68,6 +68,12 @@ def owner_in(loop_thread):
         except RuntimeError:          # the loop has closed
             return None
     return section_owner
+
+
+def entered_async_section():
+    """An ``async with long_section()`` was entered: the threads its task hands work to
+    from now on work for that task (``lent.py``)."""
+    lending_from(_current_task())
 
 
 def runs_a_task(frame):
@@ -120,8 +126,9 @@ class TaskFlavor(LoopProbe):
         registry.adopt(self.owner, keep=True)
         registry.leave_cancelled = self.leave_cancelled
         registry.lend = functools.partial(lend, registry, self.threads.forget)
-        registry.lender = lender
-        LENDER.set(True)          # (every task made from now on, and its threads, see it)
+        registry.lending = LENDER.get
+        registry.entered_async = entered_async_section
+        lending_from(None, None)  # (the loop's own work, the startup's: every task copies it)
 
     def post(self, callback, *args):
         self.loop.call_soon_threadsafe(callback, *args)

@@ -343,6 +343,8 @@ def test_a_thread_pool_threads_section_keeps_its_requests_limit_away(asgi):
     assert status == 200, (status, took, srv.log())
     status, took = timed_get(srv, "/two_threads?first=0.5&second=3")   # one ends first
     assert status == 200, (status, took, srv.log())
+    status, took = timed_get(srv, "/task_and_thread?seconds=3")        # the task's first
+    assert status == 200, (status, took, srv.log())
     status, took = timed_get(srv, "/plain?seconds=30")           # outside every section
     assert status == 504 and took < 1.5 + MARGIN, (status, took, srv.log())
 
@@ -358,6 +360,20 @@ def test_progress_from_the_thread_pool_counts_for_the_awaiting_tasks_section(asg
     assert srv.get("/leave_open").status_code == 200
     r = srv.get("/pipeline?steps=4")
     assert r.status_code == 200, (r.text, srv.log())
+    r = srv.get("/pipelines?steps=4&n=2")    # each in a task of its own, not the request's
+    assert r.status_code == 200, (r.text, srv.log())
+
+
+def test_progress_from_the_thread_pool_counts_for_an_endpoint_task_under_middleware(asgi):
+    srv = starlette(asgi, env={"APP_HTTP_MIDDLEWARE": "1"})
+    r = srv.get("/pipeline?steps=4")         # the endpoint's task is not the request's
+    assert r.status_code == 200, (r.text, srv.log())
+
+
+def test_progress_from_the_thread_pool_counts_for_a_lifespan_section(asgi):
+    srv = starlette(asgi, env={"APP_LIFESPAN_STEPS": "4"})     # 3.2 s, stall 1.5
+    log = srv.log()
+    assert "stall" not in log and "aborting" not in log and "no longer counts" not in log, log
 
 
 def test_a_lifespan_loading_in_the_thread_pool_beats_the_startup_stall(asgi):

@@ -3,7 +3,9 @@
 Lighter than FastAPI to boot (the suite starts it often); FastAPI runs its ``def``
 endpoints through the same thread pool (``fastapi_app.py``).  From the environment:
 ``APP_LIFESPAN_PHASE`` (seconds: the lifespan loads in three phases of that length in
-the thread pool, reporting progress after each).
+the thread pool, reporting progress after each), ``APP_LIFESPAN_STEPS`` (the lifespan
+runs ``/pipeline``'s steps in a section with a stall limit), ``APP_HTTP_MIDDLEWARE``
+(Starlette's ``BaseHTTPMiddleware``: endpoints run in a task of their own).
 """
 
 import asyncio
@@ -25,6 +27,8 @@ from tests.apps.gil import hold_gil_at_least
 async def lifespan(app):
     if os.environ.get("APP_LIFESPAN_PHASE"):
         await run_in_threadpool(load_in_phases, float(os.environ["APP_LIFESPAN_PHASE"]))
+    if os.environ.get("APP_LIFESPAN_STEPS"):      # in a section of its own, with a stall limit
+        await in_a_pipeline(int(os.environ["APP_LIFESPAN_STEPS"]))
     yield
 
 
@@ -86,6 +90,26 @@ async def pipeline(request):
     return answer(steps=await run_in_threadpool(run_steps, steps, quiet))   # its thread reports
 
 
+async def pipelines(request):
+    steps, n = int(number(request, "steps")), int(number(request, "n", 2))
+    await asyncio.gather(*(in_a_pipeline(steps) for _ in range(n)))    # a task each
+    return answer(steps=steps)
+
+
+@long_section("pipeline", cap=30, stall=1.5)
+async def in_a_pipeline(steps):
+    return await run_in_threadpool(run_steps, steps, False)
+
+
+async def task_and_thread(request):
+    thread = asyncio.ensure_future(asyncio.to_thread(sleep_in_section, number(request, "seconds")))
+    await asyncio.sleep(0.2)
+    async with long_section("own", cap=10):     # the task's own section ends first
+        await asyncio.sleep(0.1)
+    await thread
+    return answer()
+
+
 def run_steps(steps, quiet):
     for step in range(steps):
         time.sleep(0.8)
@@ -143,7 +167,17 @@ def busy(seconds):
         pass
 
 
-app = Starlette(lifespan=lifespan, routes=[
+middleware = []
+if os.environ.get("APP_HTTP_MIDDLEWARE"):     # (endpoints run in a task of their own)
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    async def passing_through(request, call_next):
+        return await call_next(request)
+
+    middleware.append(Middleware(BaseHTTPMiddleware, dispatch=passing_through))
+
+app = Starlette(lifespan=lifespan, middleware=middleware, routes=[
     Route(f"/{endpoint.__name__}", endpoint)
     for endpoint in (pid, report, report_busy, report_gil, report_gil_outside, plain, pipeline,
-                     block, foreign, leave_open, two_threads)])
+                     pipelines, block, foreign, leave_open, two_threads, task_and_thread)])
