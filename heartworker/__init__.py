@@ -19,7 +19,7 @@ from .settings import SettingError
 
 replaced.check()     # -k heartworker.SyncWorker with --threads > 1: never silently
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 __all__ = ["long_section", "LongSection", "progress", "SectionCapExceeded", "SettingError",
            "SyncWorker", "ThreadWorker", "GeventWorker", "UvicornWorker", "UvicornH11Worker"]
 
