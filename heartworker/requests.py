@@ -41,7 +41,8 @@ class Requests:
             if owner is None or owner in self.stacks:
                 return
             request = self.requests.get(owner)
-        if request is None or any(other.waits is owner for other in self.requests.values()):
+        if request is None or any(other.lent and other.waits is owner
+                                  for other in self.requests.values()):
             return                        # (a thread that works for it is inside a section)
         request.deadline = monotonic() + request.cap
 
