@@ -20,11 +20,12 @@ Websockets and the lifespan pass through as they are.
 import asyncio
 import sys
 
-from .lent import lending_from
+from .lent import REQUEST
 from .regions import nothing
 from .section import SectionCapExceeded
 
 _current_task = asyncio.current_task
+_set_request = REQUEST.set
 
 try:
     _GROUP = BaseExceptionGroup
@@ -62,8 +63,7 @@ def answering_timeouts(app, worker, routes=None, limit=None):
         method, path, heart = scope["method"], path_info(scope), worker.heart
         here = sys._getframe()
         route = request = None
-        task = _current_task()
-        lending_from(task, task)    # (a thread it hands work to works for it: lent.py)
+        _set_request(_current_task())   # (a thread it hands work to works for it: lent.py)
         if limit is not None:       # (first: the route's section is inside the request)
             request = heart.request_begins(f"{method} {path}", here, limit)
         if match is not None:

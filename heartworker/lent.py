@@ -3,14 +3,15 @@
 Starlette and FastAPI run a ``def`` endpoint (and a ``def`` dependency) in anyio's
 thread pool; ``anyio.to_thread.run_sync`` and ``asyncio.to_thread`` do the same for
 any blocking call.  Each runs the call with a copy of the awaiting task's context.
-So a thread that sees :data:`LENDER` runs work *lent* by a task of the worker's
-loop.  What it sees is a :class:`Lending`, set in the loop's contexts:
+So a thread that sees :data:`REQUEST` runs work *lent* by a task of the worker's
+loop.  Two context variables say whose, set in the loop's contexts:
 
-* by the uvicorn worker on its loop before it serves (no task: the startup's work);
-* by each ``async with long_section()`` (so ``@long_section`` on an ``async def``)
-  in its task's context: the task that opened it;
-* by the ASGI wrapper when a route cap or the request limit applies: the request's
-  task, whose limit then waits while a thread works for it inside a section.
+* ``REQUEST``: ``LOOP``, set by the uvicorn worker on its loop before it serves (the
+  startup's work, no request's), or the request's task, set by the ASGI wrapper when
+  a route cap or the request limit applies (its limit waits while a thread works for
+  it inside a section);
+* ``SECTION_TASK``: the task that entered the innermost ``async with long_section()``
+  (so ``@long_section`` on an ``async def``) around the work.
 
 While such a thread is inside its own sections it is registered as the threaded
 worker's request threads are (``requests.py``): it owns its sections, the guard
@@ -20,7 +21,7 @@ cancellation is raised in the thread (``PyThreadState_SetAsyncExc``, as in
 exception leaves the ``def`` endpoint, the awaiting task gets it, and its client
 the ``504``.  The registration ends with the thread's last section.  Its progress
 (:func:`heartworker.progress`), in a section or not, also counts for the sections
-of the tasks its Lending names (and for the startup's).
+of those tasks (and for the startup's).
 
 A thread the app starts itself (``threading.Thread``; an executor given to
 ``loop.run_in_executor``, which does not copy the context) runs without the
@@ -36,40 +37,24 @@ from time import monotonic
 from .deadline import INF, Request
 
 
-class Lending:
-    """Whose work a thread runs, as the context it was handed tells it.
-
-    ``task``: the task whose section the work is for (the one that opened the
-    innermost ``async with long_section()`` around it, or the request's task);
-    ``request``: the task of the HTTP request whose limit waits on it (None: no
-    request limit or route cap, or the startup's work).  Both None: the loop's own.
-    """
-
-    __slots__ = ("task", "request")
-
-    def __init__(self, task=None, request=None):
-        self.task = task
-        self.request = request
-
-    def owners(self):
-        """The tasks whose sections the thread's progress counts for."""
-        task, request = self.task, self.request
-        if task is None:
-            return () if request is None else (request,)
-        return (task,) if request is None or request is task else (task, request)
+LOOP = "the loop's own"      # REQUEST in the loop's own work (the startup's), no request's
+# In the contexts of the worker's loop, and so in the threads they hand work to: the
+# task of the HTTP request (set by asgi.py when a route cap or the request limit
+# applies), else LOOP; and the task that entered the innermost async section.
+REQUEST = contextvars.ContextVar("heartworker_request", default=None)
+SECTION_TASK = contextvars.ContextVar("heartworker_section_task", default=None)
 
 
-# A Lending in the contexts of the worker's loop, and so in the threads they hand work to.
-LENDER = contextvars.ContextVar("heartworker_lender", default=None)
-
-
-def lending_from(task, request=False):
-    """Set the Lending of the calling task's context: it is ``task``'s work, part of
-    ``request``'s (False: the request the context already names)."""
-    if request is False:
-        outer = LENDER.get()
-        request = None if outer is None else outer.request
-    LENDER.set(Lending(task, request))
+def lending():
+    """The tasks whose sections the calling thread's work is for (its progress counts for
+    them), nearest first: () for the loop's own work; None if it runs no task's work."""
+    request = REQUEST.get()
+    if request is None:
+        return None
+    task = SECTION_TASK.get()
+    if request is LOOP:
+        return () if task is None else (task,)
+    return (request,) if task is None or task is request else (task, request)
 
 
 class LentThread(Request):
@@ -79,17 +64,13 @@ class LentThread(Request):
     task whose limit waits on it (None: none).
     """
 
-    __slots__ = ("lending",)
+    __slots__ = ("waits",)
     kind = "thread"
     lent = True
 
-    def __init__(self, registry, name, owner, lending):
+    def __init__(self, registry, name, owner, waits):
         super().__init__(registry, name, INF, owner, None, monotonic())
-        self.lending = lending
-
-    @property
-    def waits(self):
-        return self.lending.request
+        self.waits = waits
 
 
 def lend(registry, forget, ident):
@@ -97,10 +78,11 @@ def lend(registry, forget, ident):
     it now owns its sections.  Called by the registry as the thread opens its first;
     ``forget(ident)`` drops what the guard noted of the thread's last registration."""
     from asyncio import _get_running_loop     # (in the uvicorn worker only: asyncio is there)
-    lending = LENDER.get()
-    if lending is None or _get_running_loop() is not None:
+    request = REQUEST.get()
+    if request is None or _get_running_loop() is not None:
         return False              # (a loop of its own, asyncio.run() in a def endpoint: not ours)
-    thread = LentThread(registry, threading.current_thread().name, ident, lending)
+    thread = LentThread(registry, threading.current_thread().name, ident,
+                        None if request is LOOP else request)
     with registry.region() as held:
         if held:
             forget(ident)

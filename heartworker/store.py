@@ -169,7 +169,7 @@ class Store:
         else:
             owners = []               # (a lent thread outside its own sections)
         if lending is not None:
-            owners += lending.owners()
+            owners += lending
         with self.region() as held:   # (not held: a finalizer or handler, mid-update here)
             if held:
                 for owner in owners:
