@@ -36,8 +36,7 @@ from time import monotonic
 
 from .deadline import INF, Request
 
-
-LOOP = "the loop's own"      # REQUEST in the loop's own work (the startup's), no request's
+LOOP = object()     # REQUEST in the loop's own work (the startup's): no request's
 # In the contexts of the worker's loop, and so in the threads they hand work to: the
 # task of the HTTP request (set by asgi.py when a route cap or the request limit
 # applies), else LOOP; and the task that entered the innermost async section.
