@@ -86,4 +86,5 @@ def lend(registry, forget, ident):
         if held:
             forget(ident)
             registry.requests[ident] = thread
+            registry.lent_threads += 1
     return held

@@ -66,6 +66,7 @@ class Registry(Store, Queries, Requests, Vouching, Regions):
         # as it opens its first section (``lend(ident)``); ``lending()`` says whose work
         # (lent.py), and ``entered_async()`` is told of each ``async with long_section``.
         self.lend = not_lent
+        self.lent_threads = 0     # (how many are registered now)
         self.lending = no_lending
         self.entered_async = nothing
         self.enabled = True

@@ -36,13 +36,14 @@ class Requests:
         request = self.requests.get(owner)
         if request is not None and request.lent:
             del self.requests[owner]
+            self.lent_threads -= 1
             request.closed = True
             owner = request.waits
             if owner is None or owner in self.stacks:
                 return
             request = self.requests.get(owner)
-        if request is None or any(other.lent and other.waits is owner
-                                  for other in self.requests.values()):
+        if request is None or self.lent_threads and any(
+                other.lent and other.waits is owner for other in self.requests.values()):
             return                        # (a thread that works for it is inside a section)
         request.deadline = monotonic() + request.cap
 

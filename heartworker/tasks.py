@@ -33,14 +33,13 @@ its thread ident, and the guard deals with it as the threaded worker's flavour d
 import asyncio
 import functools
 import inspect
-import sys
 
 from . import native
 from .flavor import SyncFlavor
 from .lent import LOOP, REQUEST, SECTION_TASK, lend, lending
 from .probe import LoopProbe
 from .section import SectionCapExceeded
-from .threads import ThreadFlavor
+from .threads import ThreadFlavor, a_thread_inside
 
 _current_task = asyncio.current_task
 _get_ident = native.native_get_ident()
@@ -157,11 +156,10 @@ class TaskFlavor(LoopProbe):
         anchors = registry.anchors()
         if registry.inside(frame, anchors):
             return True
-        if loop_seen is not None or not registry.requests or runs_a_task(frame):
+        if loop_seen is not None or not registry.lent_threads or runs_a_task(frame):
             return False
-        frames = sys._current_frames()
-        return any(registry.inside(frames.get(owner), anchors) and self.threads.has_run(owner)
-                   for owner in list(registry.stacks) if lent(owner))
+        return a_thread_inside(registry, anchors,
+                               lambda owner: lent(owner) and self.threads.has_run(owner))
 
     @staticmethod
     def sending(request):

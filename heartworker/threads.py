@@ -51,6 +51,14 @@ class RequestCancelled(SectionCapExceeded):
         super().__init__(*(args or (self.messages.get(native.get_ident(), "cancelled"),)))
 
 
+def a_thread_inside(registry, anchors, vouches):
+    """Does a thread that owns sections, one that ``vouches(owner)``, run code inside one
+    of them now?  (``anchors``: ``registry.anchors()``.)"""
+    frames = sys._current_frames()
+    return any(vouches(owner) and registry.inside(frames.get(owner), anchors)
+               for owner in list(registry.stacks))
+
+
 class ThreadFlavor:
     """Owners are request threads; the main loop proves itself alive by notifying."""
 
@@ -87,9 +95,7 @@ class ThreadFlavor:
             return True
         if loop_seen is not None or not registry.stacks:
             return False
-        frames = sys._current_frames()
-        return any(registry.inside(frames.get(owner), anchors) for owner in list(registry.stacks)
-                   if owner is not None)
+        return a_thread_inside(registry, anchors, lambda owner: owner is not None)
 
     def forget(self, owner):
         """The thread's request is over: what was noted about its cancellation goes."""

@@ -309,6 +309,17 @@ def test_a_def_endpoint_holding_the_gil_in_its_section_past_timeout_survives(asg
     assert srv.get("/pid").json()["pid"] == pid and "WORKER TIMEOUT" not in srv.log()
 
 
+def test_a_def_endpoint_holding_the_gil_past_its_sections_cap_is_killed_by_cap_and_timeout(asgi):
+    # Nothing can run while C code holds the GIL: the standing vouch ends at the cap, and
+    # the arbiter kills at cap + --timeout (+ its 1 s rounds), long before the hold ends.
+    srv = starlette(asgi)
+    pid = srv.get("/pid").json()["pid"]
+    status, took = timed_get(srv, "/report_gil?seconds=20&cap=1")
+    assert killed(status) and took < 1 + TIMEOUT + 2 + MARGIN, (status, took, srv.log())
+    srv.wait_ready()
+    assert srv.get("/pid").json()["pid"] != pid
+
+
 def test_a_def_endpoint_holding_the_gil_outside_sections_is_killed_as_in_stock(asgi):
     srv = starlette(asgi)
     pid = srv.get("/pid").json()["pid"]

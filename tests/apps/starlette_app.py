@@ -67,7 +67,7 @@ def report_busy(request):
 
 def report_gil(request):
     seconds = number(request, "seconds")
-    with long_section("report", cap=30):      # C code holding the GIL: the loop stalls too
+    with long_section("report", cap=number(request, "cap", 30)):   # C code holding the GIL
         hold_gil_at_least(seconds)
     return answer(seconds=seconds)
 
