@@ -42,6 +42,18 @@ class Queries:
                 return section
         return None
 
+    def file_fresh(self):
+        """File the sections opened since the last look in the deadline heap (the
+        guard's, in a region: the hot path only lists them, in ``fresh``)."""
+        fresh, self.fresh = self.fresh, []
+        heap = self.heap
+        for section in fresh:
+            if section.closed:
+                self.closed_in_heap -= 1
+            else:
+                self.seq += 1
+                heapq.heappush(heap, (section.due(), self.seq, section))
+
     def innermost(self, section):
         """The innermost open section of ``section``'s owner: it is due when ``section`` is.
 

@@ -36,8 +36,9 @@ QUICK_WAIT = 0.0002  # seconds between two looks at a quick region that has not 
 # heartworker's modules whose code updates or reads the sections (the decorator's
 # wrapper, `in_section`, runs the decorated function: that is the section's code).
 _BOOKKEEPING = frozenset("heartworker." + name for name in (
-    "section", "registry", "store", "queries", "requests", "vouching", "regions", "deadline",
-    "guard", "endings", "messages", "heartbeat", "native", "routes", "worker"))
+    "section", "registry", "store", "stalls", "queries", "requests", "vouching", "regions",
+    "deadline", "guard", "due", "endings", "messages", "heartbeat", "native", "routes",
+    "worker", "startup", "signals"))
 
 
 class Regions:

@@ -8,6 +8,7 @@ thread are not registered: they vouch for nothing, and they are not capped.
 
     deadline.py   a section as a value: when it must end (cap, enclosing, stall, graceful limit)
     store.py      the open sections: a stack per owner, one deadline heap (the hot path)
+    stalls.py     progress: an owner's beat moves its sections' stall deadlines
     queries.py    what the guard asks: which section is due, whose code runs where
     vouching.py   the vouching rule, and the one writer of the heartbeat file
     requests.py   the threaded worker's request threads as owners, their requests as deadlines
@@ -31,6 +32,7 @@ from time import monotonic
 
 from . import native
 from .deadline import INF
+from .stalls import Progress
 from .queries import Queries
 from .regions import Regions, nothing, nothing_at
 from .requests import Requests
@@ -52,7 +54,7 @@ def not_lent(ident):
     return False
 
 
-class Registry(Store, Queries, Requests, Vouching, Regions):
+class Registry(Store, Progress, Queries, Requests, Vouching, Regions):
     """Open sections of the serving thread(s), the standing vouch, and the heartbeat writes."""
 
     def __init__(self, heartbeat, *, serving_tid, default_cap, window, owner=None):
@@ -106,6 +108,29 @@ class Registry(Store, Queries, Requests, Vouching, Regions):
         # The guard's: when it looks next, and how to wake it sooner.
         self.next_wake = INF
         self.ring = nothing
+
+    def adopt(self, owner, keep=False):
+        """Sections are owned by ``owner()`` from now on (None: the serving thread).
+
+        The worker class's flavour is installed after the startup section
+        opened: the serving thread's open sections become the current owner's
+        (``keep``: they stay the serving thread's, as the uvicorn worker's
+        startup section stays its loop thread's).
+        """
+        with self.region() as held:
+            if not held:
+                return
+            self.owner = owner
+            if keep:
+                return
+            stack = self.stacks.pop(None, None)
+            current = owner() if owner is not None else None
+            if stack:
+                for section in stack:
+                    section.owner = current
+                self.stacks[current] = stack
+            if None in self.progressed:
+                self.progressed[current] = self.progressed.pop(None)
 
     def forked(self):
         """In a child forked from this worker: never vouch, never wait (``os.register_at_fork``).

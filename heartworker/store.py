@@ -12,7 +12,6 @@ looks at the heap's top and walks the serving thread's stack.  ``add`` and
 """
 
 import heapq
-import sys
 from time import monotonic
 
 from .deadline import INF, Section, stall_bound
@@ -71,21 +70,8 @@ class Store:
                             and started + section.stall < self.next_wake:
                         self.ring()   # (its stall deadline: no progress yet)
                     return True
-        with self.lock:           # `with`, `try`: an exception from a signal handler
-            if self.busy:         # (a finalizer or handler, mid-update on this thread:
-                return False      # vouch for nothing) can never leave the lock held or
-            try:                  # `busy` set
-                self.busy = True
-                self.await_quick_region()     # (another thread: see regions.py)
-                self._file(section)
-            finally:
-                if self.deferred:
-                    done = self._end()
-                else:             # (the usual case, inline)
-                    self.busy = False
-                    done = ()
-        if done:
-            release_frames(done)
+        if not self._locked(self._file, section):
+            return False          # (a finalizer or handler, mid-update here: no vouch)
         if section.deadline < self.next_wake or \
                 section.stall is not None and started + section.stall < self.next_wake:
             self.ring()
@@ -112,23 +98,35 @@ class Store:
                     if self.deferred:         # caller's locals
                         self.settle()
                     return
+        if self._locked(self._close, section):
+            section.frame = None  # outside the region: this may free the caller's locals
+        else:                     # a finalizer, mid-update on this thread: closed at the
+            self.deferred.append(section)     # end of that region
+
+    def _locked(self, update, section):
+        """``update(section)`` in a region that takes the lock (another thread's, or the
+        serving thread's while another region runs); False if a region is mid-update on
+        this very thread (a finalizer, a signal handler), and nothing was done.
+
+        ``with``, ``try``: an exception from a signal handler can never leave the lock
+        held or ``busy`` set.
+        """
         with self.lock:
-            if self.busy:         # a finalizer, mid-update on this thread: closed at the
-                self.deferred.append(section)     # end of that region
-                return
+            if self.busy:         # (the lock is reentrant: the region is this thread's)
+                return False
             try:
                 self.busy = True
                 self.await_quick_region()     # (another thread: see regions.py)
-                self._close(section)
+                update(section)
             finally:
                 if self.deferred:
                     done = self._end()
                 else:             # (the usual case, inline)
                     self.busy = False
                     done = ()
-        section.frame = None      # outside the region: this may free the caller's locals
         if done:
             release_frames(done)
+        return True
 
     def drop(self, section, wait):
         """Close a section left open, for the guard: never waits longer than ``wait``.
@@ -142,74 +140,7 @@ class Store:
                 self.deferred.append(section)     # closed by the region's end
         return held
 
-    def progress(self, note=None, section=None):
-        """Progress for the current owner's sections (or for ``section``'s owner): cheap.
-
-        Progress is recorded per owner (``progressed``), so every open section
-        of the owner counts it (the innermost and the ones enclosing it: their
-        work moves too), and each one's stall deadline moves to now + its
-        ``stall``.  The heap is left as it is (an entry there may only be
-        early; the guard re-files it, see ``earliest``).
-        The standing vouch moves too when a stall limit is what bounds it;
-        the heartbeat file is written at most once, and not at all while
-        what it says already covers the new window.
-        The serving thread's sections (the startup's) count an owner's progress
-        too: they enclose all the work (the uvicorn worker's lifespan task); so do
-        the sections of the tasks that a thread pool's thread works for (``lent.py``).
-        """
-        ident = self.get_ident()
-        if not self.enabled:
-            return
-        lending = None if ident == self.tid else self.lending()   # (a thread's: lent.py)
-        if ident == self.tid or ident in self.requests:
-            owners = [section.owner if section is not None else (
-                self.owner() if self.owner is not None else None)]
-        elif lending is None:
-            return
-        else:
-            owners = []               # (a lent thread outside its own sections)
-        if lending is not None:
-            owners += lending
-        with self.region() as held:   # (not held: a finalizer or handler, mid-update here)
-            if held:
-                for owner in owners:
-                    self._progress(owner, note)
-                if None not in owners and None in self.stacks:
-                    self._progress(None, note)
-        if self.cancel_waits:     # (frames: this, long_section's or the module's progress)
-            self.land(sys._getframe(2))
-
-    def adopt(self, owner, keep=False):
-        """Sections are owned by ``owner()`` from now on (None: the serving thread).
-
-        The worker class's flavour is installed after the startup section
-        opened: the serving thread's open sections become the current owner's
-        (``keep``: they stay the serving thread's, as the uvicorn worker's
-        startup section stays its loop thread's).
-        """
-        with self.region() as held:
-            if not held:
-                return
-            self.owner = owner
-            if keep:
-                return
-            stack = self.stacks.pop(None, None)
-            current = owner() if owner is not None else None
-            if stack:
-                for section in stack:
-                    section.owner = current
-                self.stacks[current] = stack
-            if None in self.progressed:
-                self.progressed[current] = self.progressed.pop(None)
-
     # -- internals (in a region) -------------------------------------------------
-    def _progress(self, owner, note):
-        stack = self.stacks.get(owner)
-        if stack:
-            self.progressed[owner] = (monotonic(), note)
-            if self.stalls:
-                self._stand(self._standing_after(owner, stack))
-
     def _file(self, section):
         """Put ``section`` on its owner's stack and make its standing vouch."""
         if self.pending_limit < self.limit:
@@ -322,15 +253,3 @@ class Store:
         if self.stalls:
             deadline = stall_bound(stack, deadline, self.progressed.get(owner))
         return deadline if len(self.stacks) == 1 else max(deadline, self.standing)
-
-    def file_fresh(self):
-        """File the sections opened since the last look in the deadline heap (the
-        guard's, in a region: the hot path only lists them, in ``fresh``)."""
-        fresh, self.fresh = self.fresh, []
-        heap = self.heap
-        for section in fresh:
-            if section.closed:
-                self.closed_in_heap -= 1
-            else:
-                self.seq += 1
-                heapq.heappush(heap, (section.due(), self.seq, section))
