@@ -175,10 +175,15 @@ class Store:
             stack.append(section)
         self.open += 1
         deadline = section.deadline
-        if section.stall is not None:
+        stall = section.stall
+        if stall is not None:
             self.stalls += 1
         if self.stalls:
-            deadline = stall_bound(stack, deadline, self.progressed.get(owner))
+            if len(stack) > 1:
+                deadline = stall_bound(stack, deadline, self.progressed.get(owner))
+            elif stall is not None and section.started + stall < deadline:
+                deadline = section.started + stall   # (stall_bound of a new stack: its
+                #                                      owner made no progress in it yet)
         # The standing vouch: exact with one owner, the latest deadline with
         # several (another owner's section is open, so a standing vouch exists).
         # (``_stand``, inline: this runs on every entry.)
