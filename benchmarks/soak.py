@@ -374,7 +374,7 @@ def in_sections(srv, phase, journal_path, wait=2.0):
     busy = running_sections(srv, phase, journal_path, wait)
     if not busy:
         helper = threading.Thread(target=one_request, daemon=True, args=(
-            srv, phase, "long", f"{phase.flavor}-term-{len(phase.faults)}"))
+            srv, phase, "long", f"{phase.flavor}-term-{len(phase.faults)}-{len(phase.helpers)}"))
         helper.start()
         phase.helpers.append(helper)
         busy = running_sections(srv, phase, journal_path, 2 * wait + rules.LONG / 2)
