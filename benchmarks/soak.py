@@ -339,13 +339,13 @@ def inject(srv, phase, name, rng, journal_path):
         except ProcessLookupError:
             common.fail(f"{phase.flavor}: the arbiter is gone (SIG{name} found no process)")
     elif workers:
-        tries = TERM_TRIES if name == "TERM" else 1
-        for attempt in range(tries):
-            busy = in_sections(srv, phase, journal_path) if name == "TERM" else []
-            if name == "TERM":
+        busy = []
+        for attempt in range(TERM_TRIES if name == "TERM" else 1):
+            if name == "TERM":    # (another look, and maybe another request of its own)
+                busy = in_sections(srv, phase, journal_path)
                 workers = tuple(sorted(set(children(master)) | set(busy))) or workers  # (now)
-            if not busy and attempt < tries - 1:
-                continue        # (another look, and another request of its own)
+                if not busy and attempt < TERM_TRIES - 1:
+                    continue
             target = rng.choice(busy or list(workers))
             sent = time.monotonic()
             try:

@@ -66,7 +66,7 @@ class Section:
         self.cancel = cancel      # False: its deadline aborts the worker instead
         self.stall = stall        # longest time without progress (None: no limit)
 
-    # Progress is its owner's (see store.Store.progress): read it from there.
+    # Progress is its owner's (see stalls.Progress.progress): read it from there.
     @property
     def progress_at(self):
         """The owner's last progress since this section began, or the entry."""
